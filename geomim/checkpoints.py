@@ -1,0 +1,98 @@
+"""Reading and writing weight files: safetensors, `.pth` through `weights_only=True`, atomic saves."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+from safetensors import SafetensorError
+from torch import Tensor
+
+# Plain numpy data that mmcv-era checkpoints keep in their `meta` (scalars, dtypes): no code.
+# Pickles name the scalar constructor after the numpy that wrote them (1.x: numpy.core).
+_numpy_scalar = np.dtype("float64").type(0).__reduce__()[0]
+_SAFE_NUMPY_GLOBALS = [
+    np.dtype,
+    (_numpy_scalar, "numpy.core.multiarray.scalar"),
+    (_numpy_scalar, "numpy._core.multiarray.scalar"),
+    *(type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")),
+]
+
+
+class CheckpointError(ValueError):
+    """A weight file that cannot be read, or whose tensors do not fit the model."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a state dict from `.safetensors` or a `.pth`/`.pt`/`.bin` file (weights only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return safetensors.torch.load_file(path, device="cpu")
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file (corrupt or truncated?): {error}"
+            ) from error
+    try:
+        with torch.serialization.safe_globals(_SAFE_NUMPY_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        raise CheckpointError(
+            f"{path} holds Python objects that torch.load(weights_only=True) refuses to unpickle "
+            f"({', '.join(unsafe) or error}); expected a checkpoint of tensors "
+            "(a state dict, or one under 'state_dict' / 'model'). Save its state dict on its own, "
+            "or convert it to safetensors where it was made."
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {error}"
+        ) from error
+    return unwrap_state_dict(checkpoint, source=str(path))
+
+
+def unwrap_state_dict(checkpoint: object, source: str = "checkpoint") -> dict[str, Tensor]:
+    """The tensors of a checkpoint: under 'state_dict' or 'model' if present, else at top level."""
+    if isinstance(checkpoint, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(checkpoint.get(key), Mapping):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"{source}: expected a dict of tensors, got {type(checkpoint).__name__}")
+    tensors = {k: v for k, v in checkpoint.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{source}: no tensors found (keys: {list(checkpoint)[:10]})")
+    return tensors
+
+
+def save_safetensors_atomic(
+    tensors: Mapping[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
+    """Write safetensors to a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        safetensors.torch.save_file(contiguous, temp_name, metadata=metadata)
+        os.replace(temp_name, path)
+    finally:
+        if os.path.exists(temp_name):
+            os.remove(temp_name)
+
+
+def describe_keys(keys: Iterable[str], limit: int = 20) -> str:
+    """A short listing of key names for error messages."""
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")

@@ -1,0 +1,20 @@
+"""Building blocks shared by the backbones, the pretraining decoder and the adapters."""
+
+from geomim.layers.patch import PatchEmbed, PatchMerging
+from geomim.layers.swin_block import SwinBlock
+from geomim.layers.views import fold_views, unfold_views
+from geomim.layers.window_attention import WindowAttention, relative_position_index
+from geomim.layers.windows import pad_to_multiple, window_merge, window_partition
+
+__all__ = [
+    "PatchEmbed",
+    "PatchMerging",
+    "SwinBlock",
+    "WindowAttention",
+    "fold_views",
+    "pad_to_multiple",
+    "relative_position_index",
+    "unfold_views",
+    "window_merge",
+    "window_partition",
+]

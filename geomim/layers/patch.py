@@ -1,0 +1,45 @@
+"""Patch embedding and patch merging of the official GeoMIM (mmdet-style) Swin encoder."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class PatchEmbed(nn.Module):
+    """Conv patchify then LayerNorm: (B, 3, H, W) -> (B, ceil(H/p), ceil(W/p), C).
+
+    Sides that are not multiples of the patch size are zero-padded at the bottom/right first.
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int = 4) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        x = F.pad(x, (0, -width % self.patch_size, 0, -height % self.patch_size))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhood merge: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), out_dim).
+
+    The four neighbours are laid out channel-major (index = c * 4 + row * 2 + col), as
+    `nn.Unfold(2, stride=2)` orders them in the official code, then LayerNorm(4C) and a
+    bias-free Linear(4C, out_dim).
+    """
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, height, width, channels = x.shape
+        x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        rows, cols = x.shape[1] // 2, x.shape[2] // 2
+        x = x.view(batch, rows, 2, cols, 2, channels).permute(0, 1, 3, 5, 2, 4)
+        return self.reduction(self.norm(x.reshape(batch, rows, cols, 4 * channels)))

@@ -1,0 +1,63 @@
+"""Multi-head self-attention inside square windows with a learned relative position bias (Swin)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from torch import Tensor, nn
+
+
+def relative_position_index(window: int) -> Tensor:
+    """(window**2, window**2) index into the ((2w - 1)**2, heads) bias table, query minus key offsets."""
+    ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+    coords = torch.stack([ys.flatten(), xs.flatten()])  # (2, L), token i = y * w + x
+    offsets = coords[:, :, None] - coords[:, None, :] + (window - 1)  # (2, L, L), in [0, 2w - 2]
+    return offsets[0] * (2 * window - 1) + offsets[1]
+
+
+class WindowAttention(nn.Module):
+    """Attention over (num_windows, window**2, C) tokens with an unscaled relative position bias.
+
+    `fused_attn=True` runs `F.scaled_dot_product_attention`; `False` runs the explicit
+    matmul + softmax of the official implementation (kept as the reference path).
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, window: int, qkv_bias: bool = True, fused_attn: bool = True
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.window = window
+        self.fused_attn = fused_attn
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window - 1) ** 2, num_heads)
+        )
+        self.register_buffer(
+            "relative_position_index", relative_position_index(window), persistent=False
+        )
+        trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def relative_position_bias(self) -> Tensor:
+        """(heads, L, L) bias added to the attention logits."""
+        tokens = self.window * self.window
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(num_windows, L, C) -> (num_windows, L, C)."""
+        windows, tokens, channels = x.shape
+        qkv = self.qkv(x).view(windows, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (num_windows, heads, L, head_dim)
+        bias = self.relative_position_bias().to(q.dtype)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        else:
+            logits = (q * self.head_dim**-0.5) @ k.transpose(-2, -1) + bias
+            x = logits.softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(windows, tokens, channels))

@@ -1,0 +1,31 @@
+"""Token-map padding and window partitioning for (B, H, W, C) channels-last maps."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Zero-pad a (B, H, W, C) map at the bottom/right so H and W are multiples of `multiple`."""
+    _, height, width, _ = x.shape
+    pad_h = -height % multiple
+    pad_w = -width % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+
+
+def window_partition(x: Tensor, window: int) -> Tensor:
+    """Split a (B, H, W, C) map, H and W multiples of `window`, into (B * num_windows, window**2, C)."""
+    batch, height, width, channels = x.shape
+    x = x.view(batch, height // window, window, width // window, window, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, channels)
+
+
+def window_merge(windows: Tensor, window: int, height: int, width: int) -> Tensor:
+    """Inverse of `window_partition`: (B * num_windows, window**2, C) back to (B, height, width, C)."""
+    channels = windows.shape[-1]
+    rows, cols = height // window, width // window
+    x = windows.view(-1, rows, cols, window, window, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)

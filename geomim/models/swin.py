@@ -1,0 +1,337 @@
+"""The GeoMIM Swin encoder (official `SwinTransformerBEVFT`) as a timm model.
+
+Layout inside the model: tokens as (B, H, W, C) channels-last maps; outputs as (B, C, H, W).
+Multi-view input (B, N, 3, H, W) is folded to (B * N, 3, H, W) and outputs get the view axis back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ClassifierHead, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from geomim.layers import PatchEmbed, PatchMerging, SwinBlock, fold_views, unfold_views
+
+
+class SwinStage(nn.Module):
+    """A run of Swin blocks at one resolution, with the patch merging that follows it (if any)."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window: int,
+        mlp_ratio: float,
+        drop_path: Sequence[float],
+        out_dim: int | None,
+        fused_attn: bool,
+    ) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, num_heads, window, mlp_ratio, drop_path[i], fused_attn)
+            for i in range(depth)
+        )
+        self.downsample = PatchMerging(dim, out_dim) if out_dim is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Run the blocks on (B, H, W, C); the caller applies `downsample` after taking outputs."""
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+
+class GeoMIMSwin(nn.Module):
+    """Swin encoder with unshifted padded windows, a resized absolute position embedding and
+    LayerNorm'd outputs at stages 2 and 3, numerically identical to the official GeoMIM backbone.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 0,
+        global_pool: str = "avg",
+        embed_dim: int = 128,
+        depths: Sequence[int] = (2, 2, 18, 2),
+        num_heads: Sequence[int] = (4, 8, 16, 32),
+        window_sizes: Sequence[int] = (16, 16, 16, 8),
+        mlp_ratio: float = 4.0,
+        patch_size: int = 4,
+        pos_embed_grid: tuple[int, int] = (56, 56),
+        normed_stages: Sequence[int] = (2, 3),
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        fused_attn: bool = True,
+    ) -> None:
+        super().__init__()
+        if not len(depths) == len(num_heads) == len(window_sizes):
+            raise ValueError(
+                f"depths {depths}, num_heads {num_heads} and window_sizes {window_sizes} "
+                "must have one entry per stage"
+            )
+        num_stages = len(depths)
+        dims = [embed_dim * 2**i for i in range(num_stages)]
+        self.in_chans = in_chans
+        self.patch_size = patch_size
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.output_fmt = "NCHW"
+
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
+        self.absolute_pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *pos_embed_grid))
+        drop_path = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.stages = nn.ModuleList()
+        self.feature_info = []
+        for i in range(num_stages):
+            first_block = sum(depths[:i])
+            self.stages.append(
+                SwinStage(
+                    dim=dims[i],
+                    depth=depths[i],
+                    num_heads=num_heads[i],
+                    window=window_sizes[i],
+                    mlp_ratio=mlp_ratio,
+                    drop_path=drop_path[first_block : first_block + depths[i]],
+                    out_dim=dims[i + 1] if i + 1 < num_stages else None,
+                    fused_attn=fused_attn,
+                )
+            )
+            self.feature_info.append(
+                dict(num_chs=dims[i], reduction=patch_size * 2**i, module=f"stages.{i}")
+            )
+        self.stage_norms = nn.ModuleDict({str(i): nn.LayerNorm(dims[i]) for i in normed_stages})
+        self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        trunc_normal_(self.absolute_pos_embed, std=0.02)
+        self.apply(_init_weights)
+
+    # ----------------------------------------------------------------------------- timm API
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"absolute_pos_embed"} | {
+            name for name, _ in self.named_parameters() if "relative_position_bias_table" in name
+        }
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^absolute_pos_embed|^patch_embed",
+            blocks=r"^stages\.(\d+)"
+            if coarse
+            else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^stage_norms", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def set_fused_attn(self, enable: bool = True) -> None:
+        """Switch every window attention between SDPA and the explicit reference path."""
+        for module in self.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = enable
+
+    # ----------------------------------------------------------------------------- forward
+    def embed(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, ceil(H/4), ceil(W/4), C) tokens with the resized position embedding."""
+        height, width = images.shape[-2:]
+        if height < self.patch_size or width < self.patch_size:
+            raise ValueError(
+                f"expected images of at least one {self.patch_size}x{self.patch_size} patch, "
+                f"got {height}x{width}"
+            )
+        x = self.patch_embed(images)
+        pos = F.interpolate(
+            self.absolute_pos_embed, size=x.shape[1:3], mode="bicubic", align_corners=False
+        )
+        return x + pos.permute(0, 2, 3, 1)
+
+    def stage_output(self, index: int, x: Tensor) -> Tensor:
+        """Stage `index`'s (B, H, W, C) tokens as the (B, C, H, W) map the backbone returns."""
+        norm = self.stage_norms[str(index)] if str(index) in self.stage_norms else None
+        x = norm(x) if norm is not None else x
+        return x.permute(0, 3, 1, 2).contiguous()
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Stage outputs (B*N or B, N, C_i, H/s_i, W/s_i); stages 2 and 3 carry their output norm.
+
+        `norm` is accepted for timm compatibility: the output norms are part of this backbone's
+        outputs, so they are always applied, as in the official model.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"expected output_fmt 'NCHW', got {output_fmt!r}")
+        images, num_views = fold_views(x, self.in_chans)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = max_index if stop_early else len(self.stages) - 1
+        x = self.embed(images)
+        intermediates = []
+        for i in range(last + 1):
+            stage = self.stages[i]
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(unfold_views(self.stage_output(i, x), num_views))
+            if i < last and stage.downsample is not None:
+                x = stage.downsample(x)
+        if intermediates_only:
+            return intermediates
+        return unfold_views(self.stage_output(last, x), num_views), intermediates
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | Sequence[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the stages (and head) that the requested outputs do not need."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        self.stages[-1].downsample = None
+        for key in [k for k in self.stage_norms if int(k) > max_index]:
+            del self.stage_norms[key]
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Last stage's normalised map: (B*N, 8C, H/32, W/32), or (B, N, ...) for 5D input."""
+        final, _ = self.forward_intermediates(x, indices=[])
+        return final
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.head(x, pre_logits=pre_logits) if x.ndim == 4 else self._head_5d(x, pre_logits)
+
+    def _head_5d(self, x: Tensor, pre_logits: bool) -> Tensor:
+        return unfold_views(self.head(x.flatten(0, 1), pre_logits=pre_logits), x.shape[1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """Load our safetensors or an official checkpoint (converted on load); timm calls this."""
+        from geomim.models.swin_convert import load_checkpoint_into
+
+        load_checkpoint_into(self, checkpoint_path)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+# --------------------------------------------------------------------------------- registry
+HF_HUB_ORG = "geomim"
+
+ARCHITECTURES: dict[str, dict] = {
+    "geomim_test": dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8)),
+    "geomim_base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+    "geomim_large": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
+}
+
+
+def _cfg(variant: str, tag: str, **overrides) -> dict:
+    cfg = dict(
+        hf_hub_id=f"{HF_HUB_ORG}/{variant}.{tag}",
+        hf_hub_filename="model.safetensors",
+        custom_load="hf",
+        num_classes=0,
+        input_size=(3, 256, 704),
+        pool_size=None,
+        crop_pct=1.0,
+        interpolation="bicubic",
+        fixed_input_size=False,
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        first_conv="patch_embed.proj",
+        classifier="head.fc",
+        paper_ids="arXiv:2303.11325",
+        paper_name="GeoMIM: Towards Better 3D Knowledge Transfer via Masked Image Modeling "
+        "for Multi-view 3D Understanding",
+        origin_url="https://github.com/Sense-X/GeoMIM",
+        license="unspecified (the official repository declares no licence)",
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "geomim_base.nuscenes": _cfg("geomim_base", "nuscenes"),
+        "geomim_large.nuscenes": _cfg("geomim_large", "nuscenes"),
+        "geomim_test.random": _cfg(
+            "geomim_test",
+            "random",
+            input_size=(3, 128, 352),
+            license="apache-2.0",
+            notes=("random weights for tests and demos, no release behind them",),
+        ),
+    }
+)
+
+
+def _create_geomim_swin(variant: str, pretrained: bool = False, **kwargs) -> GeoMIMSwin:
+    from geomim.models.swin_convert import checkpoint_filter_fn, explain_missing_weights
+
+    model_kwargs = {**ARCHITECTURES[variant], **kwargs}
+    out_indices = model_kwargs.pop("out_indices", (2, 3))
+    try:
+        return build_model_with_cfg(
+            GeoMIMSwin,
+            variant,
+            pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
+            **model_kwargs,
+        )
+    except FileNotFoundError as error:
+        raise explain_missing_weights(variant, error) from error
+
+
+@register_model
+def geomim_test(pretrained: bool = False, **kwargs) -> GeoMIMSwin:
+    """Tiny GeoMIM Swin (C=16) with the same code path, for tests and demos."""
+    return _create_geomim_swin("geomim_test", pretrained, **kwargs)
+
+
+@register_model
+def geomim_base(pretrained: bool = False, **kwargs) -> GeoMIMSwin:
+    """GeoMIM Swin-B (C=128): outputs 512 @ /16 and 1024 @ /32."""
+    return _create_geomim_swin("geomim_base", pretrained, **kwargs)
+
+
+@register_model
+def geomim_large(pretrained: bool = False, **kwargs) -> GeoMIMSwin:
+    """GeoMIM Swin-L (C=192): outputs 768 @ /16 and 1536 @ /32."""
+    return _create_geomim_swin("geomim_large", pretrained, **kwargs)

@@ -1,0 +1,156 @@
+"""Official GeoMIM Swin checkpoints -> `GeoMIMSwin` state dicts (timm's `checkpoint_filter_fn`).
+
+Accepted forms: the released backbone (`SwinTransformerBEVFT` keys), the pretraining checkpoint
+(`encoders.camera.backbone.` inside `state_dict`, decoder keys dropped), BEVDet detectors
+(`img_backbone.`), `backbone.` / `module.` prefixes, and our own safetensors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+
+from timm.layers import resize_rel_pos_bias_table
+from torch import Tensor, nn
+
+from geomim.checkpoints import CheckpointError, describe_keys, read_checkpoint
+
+# Prefixes under which a whole model stores the backbone; the first one present is selected.
+BACKBONE_PREFIXES = ("encoders.camera.backbone.", "img_backbone.", "backbone.")
+# Keys of the pretraining decoder that share the backbone's namespace in `SwinTransformerBEV`.
+PRETRAIN_DECODER_KEYS = re.compile(
+    r"^(mask_token|decoder_\w+|up_p4_fc|up_smooth_p4|final_norm|cam_pose)(\.|$)"
+)
+# Official name -> our name. Each rule leaves already-converted names untouched.
+OFFICIAL_RENAMES = (
+    (re.compile(r"^patch_embed\.projection\."), "patch_embed.proj."),
+    (re.compile(r"\.attn\.w_msa\."), ".attn."),
+    (re.compile(r"\.ffn\.layers\.0\.0\."), ".mlp.fc1."),
+    (re.compile(r"\.ffn\.layers\.1\."), ".mlp.fc2."),
+    (re.compile(r"^norm(\d+)\."), r"stage_norms.\1."),
+)
+
+
+def official_to_geomim(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Select the backbone's tensors from any official form and rename them to ours."""
+    state_dict = {_strip(key, "module."): value for key, value in state_dict.items()}
+    for prefix in BACKBONE_PREFIXES:
+        if any(key.startswith(prefix) for key in state_dict):
+            state_dict = {
+                key[len(prefix) :]: value
+                for key, value in state_dict.items()
+                if key.startswith(prefix)
+            }
+            break
+    converted = {}
+    for key, value in state_dict.items():
+        if key.endswith("relative_position_index") or PRETRAIN_DECODER_KEYS.match(key):
+            continue  # index buffers carry nothing learned; decoder weights are not the backbone's
+        for pattern, replacement in OFFICIAL_RENAMES:
+            key = pattern.sub(replacement, key)
+        converted[key] = value
+    if "absolute_pos_embed" in converted:
+        converted["absolute_pos_embed"] = _pos_embed_as_grid(converted["absolute_pos_embed"])
+    return converted
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Convert an official or geomim state dict to exactly `model`'s keys and shapes, or raise."""
+    converted = official_to_geomim(state_dict)
+    expected = model.state_dict()
+    # A backbone checkpoint has no classifier: keep the model's own (freshly initialised) head.
+    for key in expected:
+        if key.startswith("head.") and key not in converted:
+            converted[key] = expected[key]
+    missing = expected.keys() - converted.keys()
+    unexpected = converted.keys() - expected.keys()
+    if missing or unexpected:
+        raise CheckpointError(
+            "checkpoint does not match the GeoMIM Swin backbone: "
+            f"{len(missing)} missing keys [{describe_keys(missing)}]; "
+            f"{len(unexpected)} unexpected keys [{describe_keys(unexpected)}]"
+        )
+    for key, value in converted.items():
+        if key.endswith("relative_position_bias_table") and _is_other_window(value, expected[key]):
+            converted[key] = _resize_relative_table(value, expected[key].shape)
+    mismatched = [k for k in expected if converted[k].shape != expected[k].shape]
+    if mismatched:
+        raise CheckpointError(_describe_mismatch(mismatched, converted, expected))
+    return converted
+
+
+def load_checkpoint_into(model: nn.Module, path: str | os.PathLike) -> None:
+    """Read a weight file, convert it for `model`, and load it with every key accounted for."""
+    model.load_state_dict(checkpoint_filter_fn(read_checkpoint(path), model), strict=True)
+
+
+def explain_missing_weights(variant: str, error: Exception) -> FileNotFoundError:
+    """The error for `pretrained=True` when no weights can be found, with how to get them."""
+    return FileNotFoundError(
+        f"no pretrained weights for {variant!r} could be loaded ({error}).\n"
+        "The official GeoMIM release is a .pth file from https://github.com/Sense-X/GeoMIM. "
+        "Either load it directly:\n"
+        f"    timm.create_model({variant!r}, pretrained=True, "
+        f"pretrained_cfg_overlay=dict(file='/path/to/{variant}.pth'))\n"
+        "or convert it once into a Hub-style folder and load that:\n"
+        f"    python -m geomim.hub convert /path/to/{variant}.pth ./{variant} --variant {variant}\n"
+        f"    timm.create_model({variant!r}, pretrained=True, "
+        f"pretrained_cfg_overlay=dict(file='./{variant}/model.safetensors'))\n"
+        "With the Hugging Face cache populated (or HF_HUB_OFFLINE=0 and network access), "
+        "pretrained=True alone resolves the Hub copy."
+    )
+
+
+def _strip(key: str, prefix: str) -> str:
+    return key[len(prefix) :] if key.startswith(prefix) else key
+
+
+def _pos_embed_as_grid(pos_embed: Tensor) -> Tensor:
+    """(1, L, C) with L a square -> (1, C, sqrt(L), sqrt(L)); (1, C, H, W) passes through."""
+    if pos_embed.ndim == 4:
+        return pos_embed
+    if pos_embed.ndim != 3 or math.isqrt(pos_embed.shape[1]) ** 2 != pos_embed.shape[1]:
+        raise CheckpointError(
+            "absolute_pos_embed: expected (1, C, H, W) or (1, L, C) with L a square, "
+            f"got {tuple(pos_embed.shape)}"
+        )
+    side = math.isqrt(pos_embed.shape[1])
+    return pos_embed.reshape(1, side, side, -1).permute(0, 3, 1, 2).contiguous()
+
+
+def _is_other_window(table: Tensor, expected: Tensor) -> bool:
+    """Same heads, square table of another size: a relative table made for another window."""
+    rows = table.shape[0]
+    return (
+        table.shape != expected.shape
+        and table.ndim == 2
+        and table.shape[1] == expected.shape[1]
+        and math.isqrt(rows) ** 2 == rows
+    )
+
+
+def _resize_relative_table(table: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Resize a ((2w-1)^2, heads) table to another window (BEiT-style geometric resampling)."""
+    window = (math.isqrt(shape[0]) + 1) // 2
+    return resize_rel_pos_bias_table(table, (window, window), tuple(shape))
+
+
+def _describe_mismatch(
+    keys: list[str], found: dict[str, Tensor], expected: dict[str, Tensor]
+) -> str:
+    from geomim.models.swin import ARCHITECTURES
+
+    def variant_with(dim: int) -> str:
+        names = [name for name, arch in ARCHITECTURES.items() if arch["embed_dim"] == dim]
+        return f"embed dim {dim}" + (f" ({names[0]})" if names else "")
+
+    lines = [f"{k}: checkpoint {tuple(found[k].shape)}, model {tuple(expected[k].shape)}" for k in keys]
+    message = f"{len(keys)} tensors have the wrong shape: " + "; ".join(lines[:10])
+    stem = "patch_embed.proj.weight"
+    if stem in keys:
+        message = (
+            f"checkpoint is for a Swin with {variant_with(found[stem].shape[0])}, but the model has "
+            f"{variant_with(expected[stem].shape[0])}: pick the matching variant. " + message
+        )
+    return message
