@@ -1,5 +1,6 @@
 """Building blocks shared by the backbones, the pretraining decoder and the adapters."""
 
+from geomim.layers.mlp import ChunkedMlp
 from geomim.layers.patch import PatchEmbed, PatchMerging
 from geomim.layers.swin_block import SwinBlock
 from geomim.layers.views import fold_views, unfold_views
@@ -7,6 +8,7 @@ from geomim.layers.window_attention import WindowAttention, relative_position_in
 from geomim.layers.windows import pad_to_multiple, window_merge, window_partition
 
 __all__ = [
+    "ChunkedMlp",
     "PatchEmbed",
     "PatchMerging",
     "SwinBlock",

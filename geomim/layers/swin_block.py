@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath
 from torch import Tensor, nn
 
+from geomim.layers.mlp import ChunkedMlp
 from geomim.layers.window_attention import WindowAttention
 from geomim.layers.windows import pad_to_multiple, window_merge, window_partition
 
@@ -31,7 +32,7 @@ class SwinBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, num_heads, window, fused_attn=fused_attn)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.mlp = ChunkedMlp(dim, int(dim * mlp_ratio), chunked=fused_attn)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
+
+from geomim.kernels import attention_with_bias, reference_attention_with_bias
 
 
 def relative_position_index(window: int) -> Tensor:
@@ -19,8 +20,8 @@ def relative_position_index(window: int) -> Tensor:
 class WindowAttention(nn.Module):
     """Attention over (num_windows, window**2, C) tokens with an unscaled relative position bias.
 
-    `fused_attn=True` runs `F.scaled_dot_product_attention`; `False` runs the explicit
-    matmul + softmax of the official implementation (kept as the reference path).
+    `fused_attn=True` runs `geomim.kernels.attention_with_bias` (SDPA on GPU, cache-blocked on
+    CPU); `False` runs the explicit matmul + softmax of the official implementation.
     """
 
     def __init__(
@@ -47,17 +48,12 @@ class WindowAttention(nn.Module):
         """(heads, L, L) bias added to the attention logits."""
         tokens = self.window * self.window
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1)
+        return bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1).contiguous()
 
     def forward(self, x: Tensor) -> Tensor:
         """(num_windows, L, C) -> (num_windows, L, C)."""
         windows, tokens, channels = x.shape
         qkv = self.qkv(x).view(windows, tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (num_windows, heads, L, head_dim)
-        bias = self.relative_position_bias().to(q.dtype)
-        if self.fused_attn:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        else:
-            logits = (q * self.head_dim**-0.5) @ k.transpose(-2, -1) + bias
-            x = logits.softmax(dim=-1) @ v
-        return self.proj(x.transpose(1, 2).reshape(windows, tokens, channels))
+        attend = attention_with_bias if self.fused_attn else reference_attention_with_bias
+        return self.proj(attend(q, k, v, self.relative_position_bias()))

@@ -17,7 +17,15 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from geomim.layers import PatchEmbed, PatchMerging, SwinBlock, fold_views, unfold_views
+from geomim.layers import (
+    ChunkedMlp,
+    PatchEmbed,
+    PatchMerging,
+    SwinBlock,
+    WindowAttention,
+    fold_views,
+    unfold_views,
+)
 
 
 class SwinStage(nn.Module):
@@ -149,10 +157,13 @@ class GeoMIMSwin(nn.Module):
         self.head.reset(num_classes, pool_type=global_pool)
 
     def set_fused_attn(self, enable: bool = True) -> None:
-        """Switch every window attention between SDPA and the explicit reference path."""
+        """Switch between the fast path (SDPA attention, chunked inference MLP) and the official
+        computation step by step (explicit attention, whole-map MLP), the reference for parity."""
         for module in self.modules():
-            if hasattr(module, "fused_attn"):
+            if isinstance(module, WindowAttention):
                 module.fused_attn = enable
+            elif isinstance(module, ChunkedMlp):
+                module.chunked = enable
 
     # ----------------------------------------------------------------------------- forward
     def embed(self, images: Tensor) -> Tensor:
@@ -225,8 +236,13 @@ class GeoMIMSwin(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Last stage's normalised map: (B*N, 8C, H/32, W/32), or (B, N, ...) for 5D input."""
-        final, _ = self.forward_intermediates(x, indices=[])
-        return final
+        images, num_views = fold_views(x, self.in_chans)
+        x = self.embed(images)
+        for stage in self.stages:
+            x = stage(x)
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+        return unfold_views(self.stage_output(len(self.stages) - 1, x), num_views)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.head(x, pre_logits=pre_logits) if x.ndim == 4 else self._head_5d(x, pre_logits)
