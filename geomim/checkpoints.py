@@ -1,11 +1,11 @@
-"""Reading and writing weight files: safetensors, `.pth` through `weights_only=True`, atomic saves."""
+"""Weight files: safetensors, `.pth` read with `weights_only=True`, atomic writes."""
 
 from __future__ import annotations
 
 import os
 import pickle
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -67,28 +67,35 @@ def unwrap_state_dict(checkpoint: object, source: str = "checkpoint") -> dict[st
                 checkpoint = checkpoint[key]
                 break
     if not isinstance(checkpoint, Mapping):
-        raise CheckpointError(f"{source}: expected a dict of tensors, got {type(checkpoint).__name__}")
+        kind = type(checkpoint).__name__
+        raise CheckpointError(f"{source}: expected a dict of tensors, got {kind}")
     tensors = {k: v for k, v in checkpoint.items() if isinstance(v, Tensor)}
     if not tensors:
         raise CheckpointError(f"{source}: no tensors found (keys: {list(checkpoint)[:10]})")
     return tensors
 
 
-def save_safetensors_atomic(
-    tensors: Mapping[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
-) -> None:
-    """Write safetensors to a temporary file beside `path`, then rename it into place."""
+def write_atomic(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Call `write(temp_path)` on a temporary file beside `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
-        contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        safetensors.torch.save_file(contiguous, temp_name, metadata=metadata)
+        write(temp_name)
+        os.chmod(temp_name, 0o644)  # mkstemp makes it private; a weight file is meant to be shared
         os.replace(temp_name, path)
     finally:
         if os.path.exists(temp_name):
             os.remove(temp_name)
+
+
+def save_safetensors_atomic(
+    tensors: Mapping[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
+    """Write tensors as safetensors atomically (temporary file + rename)."""
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    write_atomic(path, lambda temp: safetensors.torch.save_file(contiguous, temp, metadata))
 
 
 def describe_keys(keys: Iterable[str], limit: int = 20) -> str:

@@ -10,7 +10,7 @@ from geomim.kernels import attention_with_bias, reference_attention_with_bias
 
 
 def relative_position_index(window: int) -> Tensor:
-    """(window**2, window**2) index into the ((2w - 1)**2, heads) bias table, query minus key offsets."""
+    """(w*w, w*w) index into the ((2w - 1)**2, heads) bias table, from query minus key offsets."""
     ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
     coords = torch.stack([ys.flatten(), xs.flatten()])  # (2, L), token i = y * w + x
     offsets = coords[:, :, None] - coords[:, None, :] + (window - 1)  # (2, L, L), in [0, 2w - 2]
@@ -52,7 +52,7 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(num_windows, L, C) -> (num_windows, L, C)."""
-        windows, tokens, channels = x.shape
+        windows, tokens, _ = x.shape
         qkv = self.qkv(x).view(windows, tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (num_windows, heads, L, head_dim)
         attend = attention_with_bias if self.fused_attn else reference_attention_with_bias

@@ -17,14 +17,14 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
 
 
 def window_partition(x: Tensor, window: int) -> Tensor:
-    """Split a (B, H, W, C) map, H and W multiples of `window`, into (B * num_windows, window**2, C)."""
+    """(B, H, W, C) map, sides multiples of `window` -> (B * num_windows, window**2, C)."""
     batch, height, width, channels = x.shape
     x = x.view(batch, height // window, window, width // window, window, channels)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, channels)
 
 
 def window_merge(windows: Tensor, window: int, height: int, width: int) -> Tensor:
-    """Inverse of `window_partition`: (B * num_windows, window**2, C) back to (B, height, width, C)."""
+    """Inverse of `window_partition`: (B * num_windows, window**2, C) -> (B, height, width, C)."""
     channels = windows.shape[-1]
     rows, cols = height // window, width // window
     x = windows.view(-1, rows, cols, window, window, channels)

@@ -98,7 +98,7 @@ class GeoMIMSwin(nn.Module):
 
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
         self.absolute_pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *pos_embed_grid))
-        drop_path = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        drop_path = [drop_path_rate * i / max(1, sum(depths) - 1) for i in range(sum(depths))]
         self.stages = nn.ModuleList()
         self.feature_info = []
         for i in range(num_stages):
@@ -119,7 +119,7 @@ class GeoMIMSwin(nn.Module):
                 dict(num_chs=dims[i], reduction=patch_size * 2**i, module=f"stages.{i}")
             )
         self.stage_norms = nn.ModuleDict({str(i): nn.LayerNorm(dims[i]) for i in normed_stages})
-        self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.head = ClassifierHead(dims[-1], num_classes, global_pool, drop_rate=drop_rate)
         trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.apply(_init_weights)
 
@@ -167,7 +167,7 @@ class GeoMIMSwin(nn.Module):
 
     # ----------------------------------------------------------------------------- forward
     def embed(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, ceil(H/4), ceil(W/4), C) tokens with the resized position embedding."""
+        """(B, 3, H, W) -> (B, ceil(H/4), ceil(W/4), C) tokens + the resized position embedding."""
         height, width = images.shape[-2:]
         if height < self.patch_size or width < self.patch_size:
             raise ValueError(
@@ -182,8 +182,8 @@ class GeoMIMSwin(nn.Module):
 
     def stage_output(self, index: int, x: Tensor) -> Tensor:
         """Stage `index`'s (B, H, W, C) tokens as the (B, C, H, W) map the backbone returns."""
-        norm = self.stage_norms[str(index)] if str(index) in self.stage_norms else None
-        x = norm(x) if norm is not None else x
+        if str(index) in self.stage_norms:
+            x = self.stage_norms[str(index)](x)
         return x.permute(0, 3, 1, 2).contiguous()
 
     def forward_intermediates(

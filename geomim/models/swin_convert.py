@@ -145,12 +145,15 @@ def _describe_mismatch(
         names = [name for name, arch in ARCHITECTURES.items() if arch["embed_dim"] == dim]
         return f"embed dim {dim}" + (f" ({names[0]})" if names else "")
 
-    lines = [f"{k}: checkpoint {tuple(found[k].shape)}, model {tuple(expected[k].shape)}" for k in keys]
+    lines = [
+        f"{k}: checkpoint {tuple(found[k].shape)}, model {tuple(expected[k].shape)}" for k in keys
+    ]
     message = f"{len(keys)} tensors have the wrong shape: " + "; ".join(lines[:10])
     stem = "patch_embed.proj.weight"
     if stem in keys:
         message = (
-            f"checkpoint is for a Swin with {variant_with(found[stem].shape[0])}, but the model has "
-            f"{variant_with(expected[stem].shape[0])}: pick the matching variant. " + message
+            f"checkpoint is for a Swin with {variant_with(found[stem].shape[0])}, "
+            f"but the model has {variant_with(expected[stem].shape[0])}: "
+            "pick the matching variant. " + message
         )
     return message
