@@ -6,6 +6,8 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file

@@ -1,4 +1,4 @@
-"""Test helpers: official-format state dicts from key lists, and a real Hugging Face cache layout."""
+"""Test helpers: official-format state dicts from key lists, a real Hugging Face cache layout."""
 
 from __future__ import annotations
 

@@ -63,6 +63,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
     for key in expected:
         if key.startswith("head.") and key not in converted:
             converted[key] = expected[key]
+    _check_variant(converted, expected)
     missing = expected.keys() - converted.keys()
     unexpected = converted.keys() - expected.keys()
     if missing or unexpected:
@@ -74,9 +75,15 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
     for key, value in converted.items():
         if key.endswith("relative_position_bias_table") and _is_other_window(value, expected[key]):
             converted[key] = _resize_relative_table(value, expected[key].shape)
-    mismatched = [k for k in expected if converted[k].shape != expected[k].shape]
+    mismatched = [
+        f"{k}: checkpoint {tuple(converted[k].shape)}, model {tuple(expected[k].shape)}"
+        for k in expected
+        if converted[k].shape != expected[k].shape
+    ]
     if mismatched:
-        raise CheckpointError(_describe_mismatch(mismatched, converted, expected))
+        raise CheckpointError(
+            f"{len(mismatched)} tensors have the wrong shape: " + "; ".join(mismatched[:10])
+        )
     return converted
 
 
@@ -136,24 +143,19 @@ def _resize_relative_table(table: Tensor, shape: tuple[int, ...]) -> Tensor:
     return resize_rel_pos_bias_table(table, (window, window), tuple(shape))
 
 
-def _describe_mismatch(
-    keys: list[str], found: dict[str, Tensor], expected: dict[str, Tensor]
-) -> str:
+def _check_variant(found: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
+    """Name both variants when the checkpoint's embedding width is not the model's."""
     from geomim.models.swin import ARCHITECTURES
+
+    stem = "patch_embed.proj.weight"
+    if stem not in found or found[stem].shape == expected[stem].shape:
+        return
 
     def variant_with(dim: int) -> str:
         names = [name for name, arch in ARCHITECTURES.items() if arch["embed_dim"] == dim]
         return f"embed dim {dim}" + (f" ({names[0]})" if names else "")
 
-    lines = [
-        f"{k}: checkpoint {tuple(found[k].shape)}, model {tuple(expected[k].shape)}" for k in keys
-    ]
-    message = f"{len(keys)} tensors have the wrong shape: " + "; ".join(lines[:10])
-    stem = "patch_embed.proj.weight"
-    if stem in keys:
-        message = (
-            f"checkpoint is for a Swin with {variant_with(found[stem].shape[0])}, "
-            f"but the model has {variant_with(expected[stem].shape[0])}: "
-            "pick the matching variant. " + message
-        )
-    return message
+    raise CheckpointError(
+        f"checkpoint is for a Swin with {variant_with(found[stem].shape[0])}, "
+        f"but the model has {variant_with(expected[stem].shape[0])}: pick the matching variant"
+    )
