@@ -30,10 +30,12 @@ def official_state_dict(keys_file: str, prefix: str = "", seed: int = 0) -> dict
     return state_dict
 
 
-def populate_hf_cache(cache_dir: Path, repo_id: str, files: dict[str, Path]) -> str:
-    """Lay files out exactly as huggingface_hub's cache does (blobs, snapshots, refs/main)."""
+def populate_hf_cache(
+    cache_dir: Path, repo_id: str, files: dict[str, Path], revision: str = "main"
+) -> str:
+    """Lay files out exactly as huggingface_hub's cache does (blobs, snapshots, refs/<revision>)."""
     repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    commit = hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
     snapshot = repo / "snapshots" / commit
     for folder in (repo / "blobs", repo / "refs", snapshot):
         folder.mkdir(parents=True, exist_ok=True)
@@ -41,5 +43,5 @@ def populate_hf_cache(cache_dir: Path, repo_id: str, files: dict[str, Path]) -> 
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
         shutil.copyfile(source, repo / "blobs" / digest)
         (snapshot / name).symlink_to(Path("../../blobs") / digest)
-    (repo / "refs" / "main").write_text(commit)
+    (repo / "refs" / revision).write_text(commit)
     return commit

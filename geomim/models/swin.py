@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -322,6 +323,10 @@ def _create_geomim_swin(variant: str, pretrained: bool = False, **kwargs) -> Geo
 
     model_kwargs = {**ARCHITECTURES[variant], **kwargs}
     out_indices = model_kwargs.pop("out_indices", (2, 3))
+    overlay = model_kwargs.get("pretrained_cfg_overlay")
+    if overlay and "file" in overlay:
+        # Our loader reads official mmcv checkpoints (numpy in `meta`) and explains bad files.
+        model_kwargs["pretrained_cfg_overlay"] = {"custom_load": True, **overlay}
     try:
         return build_model_with_cfg(
             GeoMIMSwin,
@@ -331,7 +336,7 @@ def _create_geomim_swin(variant: str, pretrained: bool = False, **kwargs) -> Geo
             feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
             **model_kwargs,
         )
-    except FileNotFoundError as error:
+    except (FileNotFoundError, EntryNotFoundError, HfHubHTTPError) as error:
         raise explain_missing_weights(variant, error) from error
 
 
