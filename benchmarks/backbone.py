@@ -1,0 +1,328 @@
+"""CPU benchmark of the GeoMIM backbone: fast path vs the reference path, fp32 and bf16 autocast.
+
+Times `forward_intermediates(x, indices=(2, 3), intermediates_only=True)` on a multi-camera batch
+for each configuration, round-robin so machine noise hits all alike, checks parity against the
+reference fp32 outputs, and relates the achieved GFLOP/s to a square GEMM timed in the same
+rounds. Exits non-zero only if the fast fp32 path drifts more than 1e-4 from the reference.
+
+    python benchmarks/backbone.py                      # geomim_base, 6 x 3 x 256 x 704
+    python benchmarks/backbone.py --model geomim_test --height 128 --width 352 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import timm
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import geomim
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+FP32_PARITY_TOL = 1e-4
+GEMM_SIZE = 4096
+TARGETS = {"geomim fp32": 1.4, "geomim bf16 autocast": 3.0}
+REFERENCE = "reference fp32"
+
+
+@dataclass(frozen=True)
+class Config:
+    """One timed configuration: attention path and autocast dtype (None = plain fp32)."""
+
+    name: str
+    fused: bool
+    autocast: torch.dtype | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the matmuls run in."""
+        return self.autocast or torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.bfloat16` -> `bfloat16`."""
+    return str(dtype).removeprefix("torch.")
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line; see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="geomim_base")
+    parser.add_argument("--views", type=int, default=6)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=704)
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/backbone.json"))
+    parser.add_argument("--skip-bf16", action="store_true", help="time fp32 only")
+    parser.add_argument(
+        "--force-bf16", action="store_true", help="time bf16 even without native CPU support"
+    )
+    args = parser.parse_args()
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be at least 1 and --warmup at least 0")
+    return args
+
+
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (empty where there is no such file)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def machine_info() -> dict:
+    """Versions, CPU model and capability, thread count and native-bf16 flags."""
+    cpu = cpuinfo()
+    flags = [flag for flag in BF16_FLAGS if flag in cpu.get("flags", "").split()]
+    return {
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "geomim": geomim.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu.get("model name", platform.processor() or platform.machine()),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "bf16_flags": flags,
+        "native_bf16": bool(flags),
+    }
+
+
+def choose_configs(args: argparse.Namespace, native_bf16: bool) -> list[Config]:
+    """fp32 reference and fast path, plus both under bf16 autocast unless skipped or emulated."""
+    configs = [Config(REFERENCE, fused=False), Config("geomim fp32", fused=True)]
+    if args.skip_bf16:
+        return configs
+    if not native_bf16:
+        print("WARNING: this CPU has no native bf16 (avx512_bf16 / amx_bf16): bf16 is emulated")
+        print("         and will be very slow.", end=" ")
+        if not args.force_bf16:
+            print("Skipping bf16; pass --force-bf16 to time it anyway.")
+            return configs
+        print("Timing it anyway (--force-bf16).")
+    return [
+        *configs,
+        Config("reference bf16 autocast", fused=False, autocast=torch.bfloat16),
+        Config("geomim bf16 autocast", fused=True, autocast=torch.bfloat16),
+    ]
+
+
+def build_inputs(args: argparse.Namespace) -> tuple[nn.Module, Tensor]:
+    """The model (random weights, eval mode) and the camera batch, both from seed 0."""
+    torch.manual_seed(0)
+    model = timm.create_model(args.model).eval()
+    images = torch.randn(args.views, 3, args.height, args.width)
+    return model, images
+
+
+def run_config(model: nn.Module, images: Tensor, config: Config) -> list[Tensor]:
+    """One backbone forward (stages 2 and 3) under `config`."""
+    model.set_fused_attn(config.fused)
+    autocast = (
+        torch.autocast("cpu", dtype=config.autocast)
+        if config.autocast is not None
+        else contextlib.nullcontext()
+    )
+    with torch.inference_mode(), autocast:
+        return model.forward_intermediates(images, indices=(2, 3), intermediates_only=True)
+
+
+def gemm_job(dtype: torch.dtype, size: int = GEMM_SIZE) -> Callable[[], Tensor]:
+    """A `size`-square matmul in `dtype` on seeded operands, ready to time."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator).to(dtype) for _ in range(2))
+    return partial(torch.mm, a, b)
+
+
+def time_rounds(
+    jobs: dict[str, Callable[[], object]], repeats: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Seconds per run for each job, round by round, and each job's last result."""
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    outputs: dict[str, object] = {}
+    for round_index in range(warmup + repeats):
+        label = (
+            f"warmup {round_index + 1}"
+            if round_index < warmup
+            else f"round {round_index - warmup + 1}"
+        )
+        for name, job in jobs.items():
+            start = time.perf_counter()
+            outputs[name] = job()
+            elapsed = time.perf_counter() - start
+            print(f"  {label:<9} {name:<24} {elapsed:8.3f} s", flush=True)
+            if round_index >= warmup:
+                times[name].append(elapsed)
+    return times, outputs
+
+
+def compare(outputs: list[Tensor], reference: list[Tensor]) -> dict[str, list[float]]:
+    """Per-output max abs diff vs `reference`, and that diff over the reference's max abs."""
+    diffs, relative = [], []
+    for out, ref in zip(outputs, reference, strict=True):
+        diff = (out.float() - ref).abs().max().item()
+        diffs.append(diff)
+        relative.append(diff / ref.abs().max().item())
+    return {"max_abs_diff": diffs, "rel_err": relative}
+
+
+def count_flops(model: nn.Module, images: Tensor) -> int:
+    """Forward FLOPs that FlopCounterMode counts (matmuls, convs) on the reference fp32 path."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run_config(model, images, Config(REFERENCE, fused=False))
+    return counter.get_total_flops()
+
+
+def summarize(
+    configs: list[Config], times: dict[str, list[float]], flops: int, peaks: dict[str, float]
+) -> dict[str, dict]:
+    """Median seconds, speedup vs reference fp32, GFLOP/s and % of the same-dtype GEMM peak."""
+    reference_s = statistics.median(times[REFERENCE])
+    results = {}
+    for config in configs:
+        median_s = statistics.median(times[config.name])
+        gflops = flops / median_s / 1e9
+        peak = peaks[dtype_name(config.dtype)]
+        results[config.name] = {
+            "dtype": dtype_name(config.dtype),
+            "fused_attn": config.fused,
+            "seconds": times[config.name],
+            "median_s": median_s,
+            "speedup": reference_s / median_s,
+            "gflops": gflops,
+            "pct_of_gemm_peak": 100 * gflops / peak,
+        }
+    return results
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """The results as aligned plain-text columns."""
+    header = f"{'config':<24} {'median s':>9} {'speedup':>8} {'GFLOP/s':>8} {'% GEMM peak':>12}"
+    lines = [header, "-" * len(header)]
+    for name, row in results.items():
+        lines.append(
+            f"{name:<24} {row['median_s']:>9.3f} {row['speedup']:>7.2f}x "
+            f"{row['gflops']:>8.1f} {row['pct_of_gemm_peak']:>11.1f}%"
+        )
+    return "\n".join(lines)
+
+
+def check_targets(results: dict[str, dict]) -> dict[str, dict]:
+    """Each issue target (speedup over reference fp32) with PASS, MISS or SKIPPED."""
+    verdicts = {}
+    for name, target in TARGETS.items():
+        if name not in results:
+            verdicts[name] = {"target": target, "speedup": None, "status": "SKIPPED"}
+            continue
+        speedup = results[name]["speedup"]
+        status = "PASS" if speedup >= target else "MISS"
+        verdicts[name] = {"target": target, "speedup": speedup, "status": status}
+    return verdicts
+
+
+def print_report(
+    results: dict[str, dict],
+    parity: dict[str, dict],
+    targets: dict[str, dict],
+    flops: int,
+    peaks: dict[str, float],
+) -> None:
+    """Table, parity against reference fp32, GEMM peaks and the issue's targets."""
+    print(f"\nforward: {flops / 1e9:.1f} GFLOP (FlopCounterMode, reference fp32)")
+    gemm = f"{GEMM_SIZE}x{GEMM_SIZE} matmul, median over rounds"
+    for dtype, peak in peaks.items():
+        print(f"GEMM peak {dtype}: {peak:.1f} GFLOP/s ({gemm})")
+    print()
+    print(format_table(results))
+    print("\nparity vs reference fp32 (per output: stage 2, stage 3)")
+    for name, row in parity.items():
+        diffs = ", ".join(f"{d:.3e}" for d in row["max_abs_diff"])
+        rels = ", ".join(f"{r:.3e}" for r in row["rel_err"])
+        print(f"  {name:<24} max abs diff [{diffs}]  rel err [{rels}]")
+    print("\ntargets (speedup over reference fp32; informational)")
+    for name, row in targets.items():
+        speedup = "-" if row["speedup"] is None else f"{row['speedup']:.2f}x"
+        print(f"  {name:<24} >= {row['target']:.1f}x  got {speedup:>6}  {row['status']}")
+
+
+def main() -> None:
+    args = parse_args()
+    info = machine_info()
+    for key in ("torch", "cpu", "cpu_capability", "threads", "bf16_flags"):
+        print(f"{key}: {info[key]}")
+    print(f"native bf16: {info['native_bf16']}")
+
+    configs = choose_configs(args, info["native_bf16"])
+    model, images = build_inputs(args)
+    print(f"\n{args.model} on {tuple(images.shape)}")
+    flops = count_flops(model, images)
+
+    jobs = {config.name: partial(run_config, model, images, config) for config in configs}
+    gemms = {f"gemm {dtype_name(config.dtype)}": config.dtype for config in configs}
+    jobs |= {name: gemm_job(dtype) for name, dtype in gemms.items()}
+    print(f"timing {len(jobs)} jobs: {args.warmup} warmup + {args.repeats} rounds")
+    times, outputs = time_rounds(jobs, args.repeats, args.warmup)
+    gemm_flops = 2 * GEMM_SIZE**3
+    peaks = {
+        dtype_name(dtype): gemm_flops / statistics.median(times[name]) / 1e9
+        for name, dtype in gemms.items()
+    }
+    results = summarize(configs, times, flops, peaks)
+    reference = [out.float() for out in outputs[REFERENCE]]
+    parity = {
+        config.name: compare(outputs[config.name], reference)
+        for config in configs
+        if config.name != REFERENCE
+    }
+    targets = check_targets(results)
+    print_report(results, parity, targets, flops, peaks)
+
+    fp32_diff = max(parity["geomim fp32"]["max_abs_diff"])
+    parity_ok = fp32_diff <= FP32_PARITY_TOL
+    print(f"\nfp32 parity: max abs diff {fp32_diff:.3e} <= {FP32_PARITY_TOL:g}: {parity_ok}")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "machine": info,
+        "args": {**vars(args), "out": str(args.out)},
+        "input_shape": list(images.shape),
+        "forward_flops": flops,
+        "gemm": {
+            "size": GEMM_SIZE,
+            "seconds": {name: times[name] for name in gemms},
+            "peak_gflops": peaks,
+        },
+        "results": results,
+        "parity": parity,
+        "fp32_parity_tol": FP32_PARITY_TOL,
+        "fp32_parity_ok": parity_ok,
+        "targets": targets,
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    if not parity_ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
