@@ -1,5 +1,6 @@
 """Building blocks shared by the backbones, the pretraining decoder and the adapters."""
 
+from geomim.layers.cross_view import CrossViewAttention, rows_across_views, views_from_rows
 from geomim.layers.mlp import ChunkedMlp
 from geomim.layers.patch import PatchEmbed, PatchMerging
 from geomim.layers.swin_block import SwinBlock
@@ -9,6 +10,7 @@ from geomim.layers.windows import pad_to_multiple, window_merge, window_partitio
 
 __all__ = [
     "ChunkedMlp",
+    "CrossViewAttention",
     "PatchEmbed",
     "PatchMerging",
     "SwinBlock",
@@ -16,7 +18,9 @@ __all__ = [
     "fold_views",
     "pad_to_multiple",
     "relative_position_index",
+    "rows_across_views",
     "unfold_views",
+    "views_from_rows",
     "window_merge",
     "window_partition",
 ]
