@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -27,6 +28,11 @@ _SAFE_NUMPY_GLOBALS = [
 
 class CheckpointError(ValueError):
     """A weight file that cannot be read, or whose tensors do not fit the model."""
+
+
+# Keys a backbone checkpoint may lack; the model keeps its own initialisation for them: the
+# classifier head, and zero-initialised cross-view blocks inserted into a pretrained encoder.
+FRESH_KEYS = re.compile(r"^head\.|\.cva\.")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -96,6 +102,55 @@ def save_safetensors_atomic(
     """Write tensors as safetensors atomically (temporary file + rename)."""
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     write_atomic(path, lambda temp: safetensors.torch.save_file(contiguous, temp, metadata))
+
+
+def fit_to_model(
+    state_dict: Mapping[str, Tensor],
+    model: torch.nn.Module,
+    family: str,
+    resize: Callable[[str, Tensor, Tensor], Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """`state_dict` with exactly `model`'s keys and shapes, or a `CheckpointError` listing why not.
+
+    Keys matching `FRESH_KEYS` that the checkpoint lacks take the model's current values;
+    `resize(key, tensor, expected)` may adapt a tensor whose shape differs (else returns it as is).
+    """
+    expected = model.state_dict()
+    fitted = dict(state_dict)
+    for key in expected.keys() - fitted.keys():
+        if FRESH_KEYS.search(key):
+            fitted[key] = expected[key]
+    missing = expected.keys() - fitted.keys()
+    unexpected = fitted.keys() - expected.keys()
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint does not match the {family}: "
+            f"{len(missing)} missing keys [{describe_keys(missing)}]; "
+            f"{len(unexpected)} unexpected keys [{describe_keys(unexpected)}]"
+        )
+    if resize is not None:
+        for key, value in fitted.items():
+            if value.shape != expected[key].shape:
+                fitted[key] = resize(key, value, expected[key])
+    mismatched = [
+        f"{k}: checkpoint {tuple(fitted[k].shape)}, model {tuple(expected[k].shape)}"
+        for k in expected
+        if fitted[k].shape != expected[k].shape
+    ]
+    if mismatched:
+        raise CheckpointError(
+            f"{len(mismatched)} tensors have the wrong shape: " + "; ".join(mismatched[:10])
+        )
+    return fitted
+
+
+def load_checkpoint_into(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    filter_fn: Callable[[dict[str, Tensor], torch.nn.Module], dict[str, Tensor]],
+) -> None:
+    """Read a weight file, convert it with `filter_fn`, load it with every key accounted for."""
+    model.load_state_dict(filter_fn(read_checkpoint(path), model), strict=True)
 
 
 def describe_keys(keys: Iterable[str], limit: int = 20) -> str:

@@ -10,14 +10,14 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from geomim.checkpoints import load_checkpoint_into
 from geomim.layers import (
     ChunkedMlp,
     PatchEmbed,
@@ -27,6 +27,8 @@ from geomim.layers import (
     fold_views,
     unfold_views,
 )
+from geomim.models._factory import create_backbone
+from geomim.models.swin_convert import checkpoint_filter_fn
 
 
 class SwinStage(nn.Module):
@@ -256,9 +258,7 @@ class GeoMIMSwin(nn.Module):
 
     def load_pretrained(self, checkpoint_path: str) -> None:
         """Load our safetensors or an official checkpoint (converted on load); timm calls this."""
-        from geomim.models.swin_convert import load_checkpoint_into
-
-        load_checkpoint_into(self, checkpoint_path)
+        load_checkpoint_into(self, checkpoint_path, checkpoint_filter_fn)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -318,26 +318,30 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-def _create_geomim_swin(variant: str, pretrained: bool = False, **kwargs) -> GeoMIMSwin:
-    from geomim.models.swin_convert import checkpoint_filter_fn, explain_missing_weights
+OFFICIAL_WEIGHTS_HELP = (
+    "The official GeoMIM release is a .pth file from https://github.com/Sense-X/GeoMIM. "
+    "Either load it directly:\n"
+    "    timm.create_model({variant!r}, pretrained=True, "
+    "pretrained_cfg_overlay=dict(file='/path/to/{variant}.pth'))\n"
+    "or convert it once into a Hub-style folder and load that:\n"
+    "    python -m geomim.hub convert /path/to/{variant}.pth ./{variant} --variant {variant}\n"
+    "    timm.create_model({variant!r}, pretrained=True, "
+    "pretrained_cfg_overlay=dict(file='./{variant}/model.safetensors'))\n"
+    "With the Hugging Face cache populated (or HF_HUB_OFFLINE=0 and network access), "
+    "pretrained=True alone resolves the Hub copy."
+)
 
-    model_kwargs = {**ARCHITECTURES[variant], **kwargs}
-    out_indices = model_kwargs.pop("out_indices", (2, 3))
-    overlay = model_kwargs.get("pretrained_cfg_overlay")
-    if overlay and "file" in overlay:
-        # Our loader reads official mmcv checkpoints (numpy in `meta`) and explains bad files.
-        model_kwargs["pretrained_cfg_overlay"] = {"custom_load": True, **overlay}
-    try:
-        return build_model_with_cfg(
-            GeoMIMSwin,
-            variant,
-            pretrained,
-            pretrained_filter_fn=checkpoint_filter_fn,
-            feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-            **model_kwargs,
-        )
-    except (FileNotFoundError, EntryNotFoundError, HfHubHTTPError) as error:
-        raise explain_missing_weights(variant, error) from error
+
+def _create_geomim_swin(variant: str, pretrained: bool = False, **kwargs) -> GeoMIMSwin:
+    return create_backbone(
+        GeoMIMSwin,
+        variant,
+        pretrained,
+        filter_fn=checkpoint_filter_fn,
+        how_to_get_weights=OFFICIAL_WEIGHTS_HELP,
+        default_out_indices=(2, 3),
+        **{**ARCHITECTURES[variant], **kwargs},
+    )
 
 
 @register_model

@@ -8,13 +8,12 @@ Accepted forms: the released backbone (`SwinTransformerBEVFT` keys), the pretrai
 from __future__ import annotations
 
 import math
-import os
 import re
 
 from timm.layers import resize_rel_pos_bias_table
 from torch import Tensor, nn
 
-from geomim.checkpoints import CheckpointError, describe_keys, read_checkpoint
+from geomim.checkpoints import CheckpointError, fit_to_model
 
 # Prefixes under which a whole model stores the backbone; the first one present is selected.
 BACKBONE_PREFIXES = ("encoders.camera.backbone.", "img_backbone.", "backbone.")
@@ -58,55 +57,8 @@ def official_to_geomim(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """Convert an official or geomim state dict to exactly `model`'s keys and shapes, or raise."""
     converted = official_to_geomim(state_dict)
-    expected = model.state_dict()
-    # A backbone checkpoint has no classifier: keep the model's own (freshly initialised) head.
-    for key in expected:
-        if key.startswith("head.") and key not in converted:
-            converted[key] = expected[key]
-    _check_variant(converted, expected)
-    missing = expected.keys() - converted.keys()
-    unexpected = converted.keys() - expected.keys()
-    if missing or unexpected:
-        raise CheckpointError(
-            "checkpoint does not match the GeoMIM Swin backbone: "
-            f"{len(missing)} missing keys [{describe_keys(missing)}]; "
-            f"{len(unexpected)} unexpected keys [{describe_keys(unexpected)}]"
-        )
-    for key, value in converted.items():
-        if key.endswith("relative_position_bias_table") and _is_other_window(value, expected[key]):
-            converted[key] = _resize_relative_table(value, expected[key].shape)
-    mismatched = [
-        f"{k}: checkpoint {tuple(converted[k].shape)}, model {tuple(expected[k].shape)}"
-        for k in expected
-        if converted[k].shape != expected[k].shape
-    ]
-    if mismatched:
-        raise CheckpointError(
-            f"{len(mismatched)} tensors have the wrong shape: " + "; ".join(mismatched[:10])
-        )
-    return converted
-
-
-def load_checkpoint_into(model: nn.Module, path: str | os.PathLike) -> None:
-    """Read a weight file, convert it for `model`, and load it with every key accounted for."""
-    model.load_state_dict(checkpoint_filter_fn(read_checkpoint(path), model), strict=True)
-
-
-def explain_missing_weights(variant: str, error: Exception) -> FileNotFoundError:
-    """The error for `pretrained=True` when no weights can be found, with how to get them."""
-    return FileNotFoundError(
-        f"no pretrained weights for {variant!r} could be loaded ({error}).\n"
-        "The official GeoMIM release is a .pth file from https://github.com/Sense-X/GeoMIM. "
-        "Either load it directly:\n"
-        f"    timm.create_model({variant!r}, pretrained=True, "
-        f"pretrained_cfg_overlay=dict(file='/path/to/{variant}.pth'))\n"
-        "or convert it once into a Hub-style folder and load that:\n"
-        f"    python -m geomim.hub convert /path/to/{variant}.pth ./{variant} --variant {variant}\n"
-        f"    timm.create_model({variant!r}, pretrained=True, "
-        f"pretrained_cfg_overlay=dict(file='./{variant}/model.safetensors'))\n"
-        "With the Hugging Face cache populated (or HF_HUB_OFFLINE=0 and network access), "
-        "pretrained=True alone resolves the Hub copy."
-    )
+    _check_variant(converted, model.state_dict())
+    return fit_to_model(converted, model, "GeoMIM Swin backbone", resize=_resize_relative_table)
 
 
 def _strip(key: str, prefix: str) -> str:
@@ -126,21 +78,20 @@ def _pos_embed_as_grid(pos_embed: Tensor) -> Tensor:
     return pos_embed.reshape(1, side, side, -1).permute(0, 3, 1, 2).contiguous()
 
 
-def _is_other_window(table: Tensor, expected: Tensor) -> bool:
-    """Same heads, square table of another size: a relative table made for another window."""
-    rows = table.shape[0]
-    return (
-        table.shape != expected.shape
+def _resize_relative_table(key: str, table: Tensor, expected: Tensor) -> Tensor:
+    """A ((2w-1)^2, heads) table made for another window, resampled to the model's window
+    (BEiT-style geometric progression); any other tensor is returned as it is."""
+    rows, shape = table.shape[0], tuple(expected.shape)
+    is_other_window = (
+        key.endswith("relative_position_bias_table")
         and table.ndim == 2
-        and table.shape[1] == expected.shape[1]
+        and table.shape[1] == shape[1]
         and math.isqrt(rows) ** 2 == rows
     )
-
-
-def _resize_relative_table(table: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """Resize a ((2w-1)^2, heads) table to another window (BEiT-style geometric resampling)."""
+    if not is_other_window:
+        return table
     window = (math.isqrt(shape[0]) + 1) // 2
-    return resize_rel_pos_bias_table(table, (window, window), tuple(shape))
+    return resize_rel_pos_bias_table(table, (window, window), shape)
 
 
 def _check_variant(found: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
