@@ -2,7 +2,7 @@
 
 from geomim.layers.cross_view import CrossViewAttention, rows_across_views, views_from_rows
 from geomim.layers.mlp import ChunkedMlp
-from geomim.layers.patch import PatchEmbed, PatchMerging
+from geomim.layers.patch import PatchEmbed, PatchMerging, add_position_embedding
 from geomim.layers.swin_block import SwinBlock
 from geomim.layers.views import fold_views, unfold_views
 from geomim.layers.window_attention import WindowAttention, relative_position_index
@@ -15,6 +15,7 @@ __all__ = [
     "PatchMerging",
     "SwinBlock",
     "WindowAttention",
+    "add_position_embedding",
     "fold_views",
     "pad_to_multiple",
     "relative_position_index",

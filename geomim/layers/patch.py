@@ -7,21 +7,27 @@ from torch import Tensor, nn
 
 
 class PatchEmbed(nn.Module):
-    """Conv patchify then LayerNorm: (B, 3, H, W) -> (B, ceil(H/p), ceil(W/p), C).
+    """Conv patchify then LayerNorm (optional): (B, 3, H, W) -> (B, ceil(H/p), ceil(W/p), C).
 
     Sides that are not multiples of the patch size are zero-padded at the bottom/right first.
     """
 
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int = 4) -> None:
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int = 4, norm: bool = True):
         super().__init__()
         self.patch_size = patch_size
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = nn.LayerNorm(embed_dim) if norm else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]
         x = F.pad(x, (0, -width % self.patch_size, 0, -height % self.patch_size))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+def add_position_embedding(tokens: Tensor, pos_embed: Tensor) -> Tensor:
+    """(B, H, W, C) tokens + a (1, C, h, w) embedding bicubically resized to (H, W)."""
+    resized = F.interpolate(pos_embed, size=tokens.shape[1:3], mode="bicubic", align_corners=False)
+    return tokens + resized.permute(0, 2, 3, 1)
 
 
 class PatchMerging(nn.Module):

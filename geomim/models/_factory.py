@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg
 from torch import Tensor, nn
 
@@ -44,3 +45,11 @@ def create_backbone(
             f"no pretrained weights for {variant!r} could be loaded ({error}).\n"
             + how_to_get_weights.format(variant=variant)
         ) from error
+
+
+def init_linear_weights(module: nn.Module) -> None:
+    """Truncated-normal (std 0.02) Linear weights and zero biases, as timm's transformers."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
@@ -20,14 +19,16 @@ from torch.utils.checkpoint import checkpoint
 from geomim.checkpoints import load_checkpoint_into
 from geomim.layers import (
     ChunkedMlp,
+    CrossViewAttention,
     PatchEmbed,
     PatchMerging,
     SwinBlock,
     WindowAttention,
+    add_position_embedding,
     fold_views,
     unfold_views,
 )
-from geomim.models._factory import create_backbone
+from geomim.models._factory import create_backbone, init_linear_weights
 from geomim.models.swin_convert import checkpoint_filter_fn
 
 
@@ -44,6 +45,7 @@ class SwinStage(nn.Module):
         drop_path: Sequence[float],
         out_dim: int | None,
         fused_attn: bool,
+        cva_after: Sequence[int] = (),
     ) -> None:
         super().__init__()
         self.grad_checkpointing = False
@@ -51,16 +53,29 @@ class SwinStage(nn.Module):
             SwinBlock(dim, num_heads, window, mlp_ratio, drop_path[i], fused_attn)
             for i in range(depth)
         )
+        # Cross-view blocks after the given block indices, zero-initialised (identity at start).
+        self.cva = nn.ModuleDict(
+            {
+                str(i): CrossViewAttention(dim, num_heads, mlp_ratio, True, drop_path[i], True)
+                for i in cva_after
+            }
+        )
         self.downsample = PatchMerging(dim, out_dim) if out_dim is not None else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Run the blocks on (B, H, W, C); the caller applies `downsample` after taking outputs."""
-        for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+    def forward(self, x: Tensor, num_views: int | None = None) -> Tensor:
+        """Run the blocks on (B*N, H, W, C); the caller applies `downsample` afterwards."""
+        for i, block in enumerate(self.blocks):
+            x = self._run(block, x)
+            if str(i) in self.cva:
+                images, height, width, channels = x.shape
+                rigs = x.view(images // num_views, num_views, height, width, channels)
+                x = self._run(self.cva[str(i)], rigs).view_as(x)
         return x
+
+    def _run(self, module: nn.Module, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(module, x, use_reentrant=False)
+        return module(x)
 
 
 class GeoMIMSwin(nn.Module):
@@ -84,6 +99,9 @@ class GeoMIMSwin(nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         fused_attn: bool = True,
+        cva_stages: Sequence[int] = (),
+        cva_every: int | None = None,
+        num_views: int = 6,
     ) -> None:
         super().__init__()
         if not len(depths) == len(num_heads) == len(window_sizes):
@@ -92,8 +110,12 @@ class GeoMIMSwin(nn.Module):
                 "must have one entry per stage"
             )
         num_stages = len(depths)
+        if any(not 0 <= stage < num_stages for stage in cva_stages):
+            raise ValueError(f"cva_stages {list(cva_stages)} must index stages 0..{num_stages - 1}")
         dims = [embed_dim * 2**i for i in range(num_stages)]
         self.in_chans = in_chans
+        self.num_views = num_views
+        self.has_cva = bool(cva_stages)
         self.patch_size = patch_size
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = dims[-1]
@@ -116,6 +138,7 @@ class GeoMIMSwin(nn.Module):
                     drop_path=drop_path[first_block : first_block + depths[i]],
                     out_dim=dims[i + 1] if i + 1 < num_stages else None,
                     fused_attn=fused_attn,
+                    cva_after=_cva_positions(depths[i], cva_every) if i in cva_stages else (),
                 )
             )
             self.feature_info.append(
@@ -124,7 +147,7 @@ class GeoMIMSwin(nn.Module):
         self.stage_norms = nn.ModuleDict({str(i): nn.LayerNorm(dims[i]) for i in normed_stages})
         self.head = ClassifierHead(dims[-1], num_classes, global_pool, drop_rate=drop_rate)
         trunc_normal_(self.absolute_pos_embed, std=0.02)
-        self.apply(_init_weights)
+        self.apply(init_linear_weights)
 
     # ----------------------------------------------------------------------------- timm API
     @torch.jit.ignore
@@ -177,11 +200,17 @@ class GeoMIMSwin(nn.Module):
                 f"expected images of at least one {self.patch_size}x{self.patch_size} patch, "
                 f"got {height}x{width}"
             )
-        x = self.patch_embed(images)
-        pos = F.interpolate(
-            self.absolute_pos_embed, size=x.shape[1:3], mode="bicubic", align_corners=False
-        )
-        return x + pos.permute(0, 2, 3, 1)
+        return add_position_embedding(self.patch_embed(images), self.absolute_pos_embed)
+
+    def _fold(self, images: Tensor) -> tuple[Tensor, int | None]:
+        """(B*N, 3, H, W) and N (None for 4D input), checking rigs when CVA blocks need them."""
+        images, num_views = fold_views(images, self.in_chans)
+        rig = num_views or self.num_views
+        if self.has_cva and images.shape[0] % rig:
+            raise ValueError(
+                f"a batch of {images.shape[0]} images does not split into rigs of {rig} views"
+            )
+        return images, num_views
 
     def stage_output(self, index: int, x: Tensor) -> Tensor:
         """Stage `index`'s (B, H, W, C) tokens as the (B, C, H, W) map the backbone returns."""
@@ -205,14 +234,14 @@ class GeoMIMSwin(nn.Module):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"expected output_fmt 'NCHW', got {output_fmt!r}")
-        images, num_views = fold_views(x, self.in_chans)
+        images, num_views = self._fold(x)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last = max_index if stop_early else len(self.stages) - 1
         x = self.embed(images)
         intermediates = []
         for i in range(last + 1):
             stage = self.stages[i]
-            x = stage(x)
+            x = stage(x, num_views or self.num_views)
             if i in take_indices:
                 intermediates.append(unfold_views(self.stage_output(i, x), num_views))
             if i < last and stage.downsample is not None:
@@ -239,10 +268,10 @@ class GeoMIMSwin(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Last stage's normalised map: (B*N, 8C, H/32, W/32), or (B, N, ...) for 5D input."""
-        images, num_views = fold_views(x, self.in_chans)
+        images, num_views = self._fold(x)
         x = self.embed(images)
         for stage in self.stages:
-            x = stage(x)
+            x = stage(x, num_views or self.num_views)
             if stage.downsample is not None:
                 x = stage.downsample(x)
         return unfold_views(self.stage_output(len(self.stages) - 1, x), num_views)
@@ -261,11 +290,10 @@ class GeoMIMSwin(nn.Module):
         load_checkpoint_into(self, checkpoint_path, checkpoint_filter_fn)
 
 
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+def _cva_positions(depth: int, every: int | None) -> list[int]:
+    """Block indices followed by a CVA block: every `every` blocks, or after the last one."""
+    every = every or depth
+    return list(range(every - 1, depth, every))
 
 
 # --------------------------------------------------------------------------------- registry

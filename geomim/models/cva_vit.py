@@ -1,0 +1,307 @@
+"""CVA-ViT: plain ViT encoders with Cross-View Attention blocks, for multi-camera rigs.
+
+Patch 16 tokens of every view run through ViT blocks; after the configured blocks a CVA block
+lets each token attend to its image row in all cameras. A learned per-camera embedding tells the
+views apart. A simple feature pyramid (ViTDet) turns the stride-16 map into strides 8, 16, 32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ClassifierHead, LayerNorm2d, trunc_normal_
+from timm.models import generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from geomim.checkpoints import fit_to_model, load_checkpoint_into
+from geomim.layers import (
+    CrossViewAttention,
+    PatchEmbed,
+    add_position_embedding,
+    fold_views,
+    unfold_views,
+)
+from geomim.models._factory import create_backbone, init_linear_weights
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet's pyramid from one stride-16 map: x2 by a transposed conv, as is, /2 by max-pool;
+    each level then Conv1x1 + LayerNorm2d + Conv3x3 + LayerNorm2d to `out_channels`."""
+
+    def __init__(self, dim: int, out_channels: int) -> None:
+        super().__init__()
+        rescale = [nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), nn.Identity(), nn.MaxPool2d(2)]
+        widths = [dim // 2, dim, dim]
+        self.levels = nn.ModuleList(
+            nn.Sequential(
+                scale,
+                nn.Conv2d(width, out_channels, 1, bias=False),
+                LayerNorm2d(out_channels),
+                nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+                LayerNorm2d(out_channels),
+            )
+            for scale, width in zip(rescale, widths, strict=True)
+        )
+
+    def forward(self, x: Tensor, indices: Sequence[int] = (0, 1, 2)) -> list[Tensor]:
+        """(B, C, H, W) at stride 16 -> the selected levels (strides 8, 16, 32)."""
+        return [self.levels[i](x) for i in indices]
+
+
+class GeoMIMViT(nn.Module):
+    """ViT with Cross-View Attention after chosen blocks, a per-camera embedding and a
+    stride 8/16/32 feature pyramid. Images: (B, N, 3, H, W), or (B*N, 3, H, W) with N = num_views.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 0,
+        global_pool: str = "avg",
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        patch_size: int = 16,
+        pos_embed_grid: tuple[int, int] = (16, 44),
+        num_views: int = 6,
+        cva_blocks: Sequence[int] | None = None,
+        pyramid_channels: int | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if cva_blocks is None:  # after every quarter of the depth
+            cva_blocks = [depth * quarter // 4 - 1 for quarter in range(1, 5)]
+        if any(not 0 <= i < depth for i in cva_blocks):
+            raise ValueError(f"cva_blocks {list(cva_blocks)} must index blocks 0..{depth - 1}")
+        self.in_chans = in_chans
+        self.num_views = num_views
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = embed_dim
+        self.output_fmt = "NCHW"
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, norm=False)
+        self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *pos_embed_grid))
+        self.view_embed = nn.Parameter(torch.zeros(num_views, embed_dim))
+        drop_path = [drop_path_rate * i / max(1, depth - 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=drop_path[i])
+            for i in range(depth)
+        )
+        self.cva = nn.ModuleDict(
+            {
+                str(i): CrossViewAttention(
+                    embed_dim, num_heads, mlp_ratio, drop_path=drop_path[i], zero_init=True
+                )
+                for i in sorted(cva_blocks)
+            }
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        pyramid_channels = pyramid_channels or embed_dim
+        self.pyramid = SimpleFeaturePyramid(embed_dim, pyramid_channels)
+        self.feature_info = [
+            dict(num_chs=pyramid_channels, reduction=stride, module=f"pyramid.levels.{i}")
+            for i, stride in enumerate((patch_size // 2, patch_size, patch_size * 2))
+        ]
+        self.head = ClassifierHead(embed_dim, num_classes, global_pool, drop_rate=drop_rate)
+        for parameter in (self.pos_embed, self.view_embed):
+            trunc_normal_(parameter, std=0.02)
+        self.blocks.apply(init_linear_weights)  # the CVA blocks keep their zero init
+
+    # ----------------------------------------------------------------------------- timm API
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "view_embed"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^pos_embed|^view_embed|^patch_embed",
+            blocks=[(r"^(?:blocks|cva)\.(\d+)", None), (r"^norm|^pyramid", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    # ----------------------------------------------------------------------------- forward
+    def encode(self, images: Tensor) -> tuple[Tensor, int | None]:
+        """Images -> the normalised stride-16 map (B*N, C, H/16, W/16), and N if 5D input."""
+        images, views_given = fold_views(images, self.in_chans)
+        num_views = views_given or self.num_views
+        if views_given is not None and views_given != self.num_views:
+            raise ValueError(f"expected {self.num_views} views, got {views_given}")
+        if images.shape[0] % num_views:
+            raise ValueError(
+                f"a batch of {images.shape[0]} images does not split into rigs of {num_views} views"
+            )
+        height, width = images.shape[-2:]
+        if min(height, width) < self.patch_embed.patch_size:
+            size = self.patch_embed.patch_size
+            raise ValueError(
+                f"expected images of at least one {size}x{size} patch, got {height}x{width}"
+            )
+        x = add_position_embedding(self.patch_embed(images), self.pos_embed)  # (B*N, h, w, C)
+        batch_views, grid_h, grid_w, channels = x.shape
+        views = self.view_embed.repeat(batch_views // num_views, 1)  # camera n of each sample
+        x = (x + views[:, None, None, :]).view(batch_views, grid_h * grid_w, channels)
+        for i, block in enumerate(self.blocks):
+            x = self._run(block, x)
+            if str(i) in self.cva:
+                x = self._run(self.cva[str(i)], x, (grid_h, grid_w), num_views)
+        x = self.norm(x).view(batch_views, grid_h, grid_w, channels)
+        return x.permute(0, 3, 1, 2).contiguous(), views_given
+
+    def _run(self, module: nn.Module, x: Tensor, *args) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(module, x, *args, use_reentrant=False)
+        return module(x, *args)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Pyramid levels (strides 8, 16, 32) as (B*N or B, N, C, H/s, W/s), and the final map.
+
+        `norm` and `stop_early` are accepted for timm compatibility: every level is computed from
+        the normalised last block.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"expected output_fmt 'NCHW', got {output_fmt!r}")
+        take_indices, _ = feature_take_indices(len(self.pyramid.levels), indices)
+        final, num_views = self.encode(x)
+        levels = [unfold_views(level, num_views) for level in self.pyramid(final, take_indices)]
+        if intermediates_only:
+            return levels
+        return unfold_views(final, num_views), levels
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | Sequence[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Keep every block (each level needs the last); drop the head if asked."""
+        take_indices, _ = feature_take_indices(len(self.pyramid.levels), indices)
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The normalised stride-16 map: (B*N, C, H/16, W/16), or (B, N, ...) for 5D input."""
+        final, num_views = self.encode(x)
+        return unfold_views(final, num_views)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if x.ndim == 5:
+            return unfold_views(self.head(x.flatten(0, 1), pre_logits=pre_logits), x.shape[1])
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """Load a CVA-ViT checkpoint (safetensors or .pth); timm calls this."""
+        load_checkpoint_into(self, checkpoint_path, checkpoint_filter_fn)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """A CVA-ViT state dict (optionally under `module.`) fitted to `model`, position embedding
+    resized to the model's grid; missing or unexpected keys are an error that lists them."""
+    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    return fit_to_model(state_dict, model, "CVA-ViT", resize=_resize_pos_embed)
+
+
+def _resize_pos_embed(key: str, value: Tensor, expected: Tensor) -> Tensor:
+    if key != "pos_embed" or value.ndim != 4 or value.shape[1] != expected.shape[1]:
+        return value
+    return nn.functional.interpolate(
+        value, size=expected.shape[-2:], mode="bicubic", align_corners=False
+    )
+
+
+ARCHITECTURES: dict[str, dict] = {
+    "geomim_vit_small": dict(embed_dim=384, depth=12, num_heads=6),
+    "geomim_vit_base": dict(embed_dim=768, depth=12, num_heads=12),
+    "geomim_vit_large": dict(embed_dim=1024, depth=24, num_heads=16),
+}
+
+WEIGHTS_HELP = (
+    "No CVA-ViT weights have been released yet. Pretrain one with `python -m geomim.train`, "
+    "or load a checkpoint of your own:\n"
+    "    timm.create_model({variant!r}, pretrained=True, "
+    "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors'))"
+)
+
+default_cfgs = generate_default_cfgs(
+    {
+        f"{variant}.nuscenes": dict(
+            hf_hub_id=f"geomim/{variant}.nuscenes",
+            hf_hub_filename="model.safetensors",
+            custom_load="hf",
+            num_classes=0,
+            input_size=(3, 256, 704),
+            pool_size=None,
+            crop_pct=1.0,
+            interpolation="bicubic",
+            fixed_input_size=False,
+            mean=IMAGENET_DEFAULT_MEAN,
+            std=IMAGENET_DEFAULT_STD,
+            first_conv="patch_embed.proj",
+            classifier="head.fc",
+            paper_ids="arXiv:2303.11325",
+            license="apache-2.0",
+        )
+        for variant in ARCHITECTURES
+    }
+)
+
+
+def _create_geomim_vit(variant: str, pretrained: bool = False, **kwargs) -> GeoMIMViT:
+    return create_backbone(
+        GeoMIMViT,
+        variant,
+        pretrained,
+        filter_fn=checkpoint_filter_fn,
+        how_to_get_weights=WEIGHTS_HELP,
+        default_out_indices=(0, 1, 2),
+        **{**ARCHITECTURES[variant], **kwargs},
+    )
+
+
+@register_model
+def geomim_vit_small(pretrained: bool = False, **kwargs) -> GeoMIMViT:
+    """CVA-ViT-S/16 (384 wide, 12 blocks, CVA after blocks 2, 5, 8, 11)."""
+    return _create_geomim_vit("geomim_vit_small", pretrained, **kwargs)
+
+
+@register_model
+def geomim_vit_base(pretrained: bool = False, **kwargs) -> GeoMIMViT:
+    """CVA-ViT-B/16 (768 wide, 12 blocks, CVA after blocks 2, 5, 8, 11)."""
+    return _create_geomim_vit("geomim_vit_base", pretrained, **kwargs)
+
+
+@register_model
+def geomim_vit_large(pretrained: bool = False, **kwargs) -> GeoMIMViT:
+    """CVA-ViT-L/16 (1024 wide, 24 blocks, CVA after blocks 5, 11, 17, 23)."""
+    return _create_geomim_vit("geomim_vit_large", pretrained, **kwargs)
