@@ -69,9 +69,13 @@ class CrossViewAttention(Block):
         )
         self.num_views = num_views
         if zero_init:
-            for layer in (self.attn.proj, self.mlp.fc2):
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
+            self.reset_to_identity()
+
+    def reset_to_identity(self) -> None:
+        """Zero the output projection and the second MLP layer: the block becomes the identity."""
+        for layer in (self.attn.proj, self.mlp.fc2):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def forward(
         self,

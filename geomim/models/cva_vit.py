@@ -30,12 +30,17 @@ from geomim.models._factory import create_backbone, init_linear_weights
 
 
 class SimpleFeaturePyramid(nn.Module):
-    """ViTDet's pyramid from one stride-16 map: x2 by a transposed conv, as is, /2 by max-pool;
-    each level then Conv1x1 + LayerNorm2d + Conv3x3 + LayerNorm2d to `out_channels`."""
+    """ViTDet's pyramid from one stride-16 map: x2 by a transposed conv, as is, /2 by max-pool
+    (odd sides rounded up, as the Swin stages do); each level then Conv1x1 + LayerNorm2d +
+    Conv3x3 + LayerNorm2d to `out_channels`."""
 
     def __init__(self, dim: int, out_channels: int) -> None:
         super().__init__()
-        rescale = [nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), nn.Identity(), nn.MaxPool2d(2)]
+        rescale = [
+            nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),
+            nn.Identity(),
+            nn.MaxPool2d(2, ceil_mode=True),
+        ]
         widths = [dim // 2, dim, dim]
         self.levels = nn.ModuleList(
             nn.Sequential(

@@ -148,6 +148,9 @@ class GeoMIMSwin(nn.Module):
         self.head = ClassifierHead(dims[-1], num_classes, global_pool, drop_rate=drop_rate)
         trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.apply(init_linear_weights)
+        for module in self.modules():
+            if isinstance(module, CrossViewAttention):
+                module.reset_to_identity()  # inserted blocks start as the identity
 
     # ----------------------------------------------------------------------------- timm API
     @torch.jit.ignore

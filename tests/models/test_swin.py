@@ -216,3 +216,29 @@ def test_no_weight_decay_names_position_parameters():
     assert "absolute_pos_embed" in names
     assert "stages.0.blocks.0.attn.relative_position_bias_table" in names
     assert names <= {name for name, _ in model.named_parameters()}
+
+
+def test_cva_blocks_are_off_by_default_and_optional():
+    with torch.device("meta"):
+        plain = timm.create_model("geomim_base")
+        with_cva = timm.create_model("geomim_base", cva_stages=(2, 3), cva_every=6)
+    assert not any(".cva." in key for key in plain.state_dict())
+    assert list(with_cva.stages[2].cva) == ["5", "11", "17"]
+    assert list(with_cva.stages[3].cva) == []  # depth 2: none after a 6th block
+    once = GeoMIMSwin(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), cva_stages=(3,))
+    assert list(once.stages[3].cva) == ["1"]  # without cva_every: after the stage's last block
+
+
+def test_swin_with_cva_loads_official_weights_and_starts_identical(swin_fixture):
+    plain = official_test_model(swin_fixture)
+    with_cva = official_test_model(swin_fixture, cva_stages=(1, 2), cva_every=1, num_views=3)
+    images = torch.randn(2, 3, 3, 64, 96)
+    with torch.no_grad():
+        expected = plain.forward_intermediates(images, intermediates_only=True)
+        actual = with_cva.forward_intermediates(images, intermediates_only=True)
+    for a, b in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="batch of 4 images does not split into rigs of 3 views"):
+        with_cva(torch.randn(4, 3, 64, 96))
+    with pytest.raises(ValueError, match=r"cva_stages \[4\] must index stages 0..3"):
+        timm.create_model("geomim_test", cva_stages=(4,))
