@@ -252,8 +252,7 @@ ARCHITECTURES: dict[str, dict] = {
 }
 
 WEIGHTS_HELP = (
-    "No CVA-ViT weights have been released yet. Pretrain one with `python -m geomim.train`, "
-    "or load a checkpoint of your own:\n"
+    "No CVA-ViT weights have been released yet; load a checkpoint of your own:\n"
     "    timm.create_model({variant!r}, pretrained=True, "
     "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors'))"
 )

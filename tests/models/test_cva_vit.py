@@ -158,6 +158,6 @@ def test_grad_checkpointing_gives_same_gradients():
 
 def test_pretrained_without_weights_says_how_to_get_them(hf_cache):
     with pytest.raises(
-        FileNotFoundError, match=r"(?s)no pretrained weights.*python -m geomim.train"
+        FileNotFoundError, match=r"(?s)no pretrained weights.*checkpoint of your own"
     ):
         timm.create_model("geomim_vit_small", pretrained=True)
