@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -25,12 +23,10 @@ from pathlib import Path
 
 import timm
 import torch
+from common import machine_info, time_rounds
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import geomim
-
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 FP32_PARITY_TOL = 1e-4
 GEMM_SIZE = 4096
 TARGETS = {"geomim fp32": 1.4, "geomim bf16 autocast": 3.0}
@@ -74,37 +70,6 @@ def parse_args() -> argparse.Namespace:
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be at least 1 and --warmup at least 0")
     return args
-
-
-def cpuinfo() -> dict[str, str]:
-    """The first processor's fields in /proc/cpuinfo (empty where there is no such file)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields.setdefault(key.strip(), value.strip())
-    return fields
-
-
-def machine_info() -> dict:
-    """Versions, CPU model and capability, thread count and native-bf16 flags."""
-    cpu = cpuinfo()
-    flags = [flag for flag in BF16_FLAGS if flag in cpu.get("flags", "").split()]
-    return {
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "geomim": geomim.__version__,
-        "python": platform.python_version(),
-        "cpu": cpu.get("model name", platform.processor() or platform.machine()),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(),
-        "bf16_flags": flags,
-        "native_bf16": bool(flags),
-    }
 
 
 def choose_configs(args: argparse.Namespace, native_bf16: bool) -> list[Config]:
@@ -151,28 +116,6 @@ def gemm_job(dtype: torch.dtype, size: int = GEMM_SIZE) -> Callable[[], Tensor]:
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(size, size, generator=generator).to(dtype) for _ in range(2))
     return partial(torch.mm, a, b)
-
-
-def time_rounds(
-    jobs: dict[str, Callable[[], object]], repeats: int, warmup: int
-) -> tuple[dict[str, list[float]], dict[str, object]]:
-    """Seconds per run for each job, round by round, and each job's last result."""
-    times: dict[str, list[float]] = {name: [] for name in jobs}
-    outputs: dict[str, object] = {}
-    for round_index in range(warmup + repeats):
-        label = (
-            f"warmup {round_index + 1}"
-            if round_index < warmup
-            else f"round {round_index - warmup + 1}"
-        )
-        for name, job in jobs.items():
-            start = time.perf_counter()
-            outputs[name] = job()
-            elapsed = time.perf_counter() - start
-            print(f"  {label:<9} {name:<24} {elapsed:8.3f} s", flush=True)
-            if round_index >= warmup:
-                times[name].append(elapsed)
-    return times, outputs
 
 
 def compare(outputs: list[Tensor], reference: list[Tensor]) -> dict[str, list[float]]:

@@ -1,0 +1,68 @@
+"""Pieces every benchmark shares: machine description and round-robin timing."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import timm
+import torch
+
+import geomim
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (empty where there is no such file)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def machine_info() -> dict:
+    """Versions, CPU model and capability, thread count and native-bf16 flags."""
+    cpu = cpuinfo()
+    flags = [flag for flag in BF16_FLAGS if flag in cpu.get("flags", "").split()]
+    return {
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "geomim": geomim.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu.get("model name", platform.processor() or platform.machine()),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "bf16_flags": flags,
+        "native_bf16": bool(flags),
+    }
+
+
+def time_rounds(
+    jobs: dict[str, Callable[[], object]], repeats: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Seconds per run for each job, round by round, and each job's last result."""
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    outputs: dict[str, object] = {}
+    for round_index in range(warmup + repeats):
+        label = (
+            f"warmup {round_index + 1}"
+            if round_index < warmup
+            else f"round {round_index - warmup + 1}"
+        )
+        for name, job in jobs.items():
+            start = time.perf_counter()
+            outputs[name] = job()
+            elapsed = time.perf_counter() - start
+            print(f"  {label:<9} {name:<24} {1e3 * elapsed:10.1f} ms", flush=True)
+            if round_index >= warmup:
+                times[name].append(elapsed)
+    return times, outputs
