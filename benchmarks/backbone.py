@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import timm
 import torch
-from common import machine_info, time_rounds
+from common import machine_info, time_rounds, write_report
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -244,7 +242,6 @@ def main() -> None:
     parity_ok = fp32_diff <= FP32_PARITY_TOL
     print(f"\nfp32 parity: max abs diff {fp32_diff:.3e} <= {FP32_PARITY_TOL:g}: {parity_ok}")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "machine": info,
         "args": {**vars(args), "out": str(args.out)},
@@ -261,10 +258,7 @@ def main() -> None:
         "fp32_parity_ok": parity_ok,
         "targets": targets,
     }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    if not parity_ok:
-        sys.exit(1)
+    write_report(args.out, report, parity_ok)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,3 +68,12 @@ def time_rounds(
             if round_index >= warmup:
                 times[name].append(elapsed)
     return times, outputs
+
+
+def write_report(path: Path, report: dict, ok: bool) -> None:
+    """Write the JSON report, then exit non-zero if the benchmark's correctness check failed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+    if not ok:
+        sys.exit(1)

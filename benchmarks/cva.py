@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import random
 import statistics
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
-from common import machine_info, time_rounds
+from common import machine_info, time_rounds, write_report
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -261,7 +259,6 @@ def main() -> None:
         )
         print(f"  {name:<9} {diffs}  {'OK' if ok else 'FAIL'}")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "machine": info,
         "args": {**vars(args), "out": str(args.out)},
@@ -272,10 +269,7 @@ def main() -> None:
         "parity_tol": PARITY_TOL,
         "parity_ok": parity_ok,
     }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    if not parity_ok:
-        sys.exit(1)
+    write_report(args.out, report, parity_ok)
 
 
 if __name__ == "__main__":
