@@ -1,0 +1,373 @@
+"""nuScenes multi-camera + LiDAR samples for GeoMIM pretraining (the official BEVFusion pipeline).
+
+The devkit (`pip install "geomim[nuscenes]"`) is read once to build an index of everything a sample
+needs (file paths, calibrations, poses, LiDAR sweeps); the index is cached, so later start-ups, and
+data-loader workers, never load the devkit's tables again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from geomim.checkpoints import write_atomic
+from geomim.data.geometry import (
+    ImageAug,
+    depth_maps,
+    lidar_aug_matrix,
+    pose_matrix,
+    sample_image_aug,
+)
+
+logger = logging.getLogger(__name__)
+
+# The order in which the official data pipeline stacks the cameras.
+CAMERAS = (
+    "CAM_FRONT",
+    "CAM_FRONT_RIGHT",
+    "CAM_FRONT_LEFT",
+    "CAM_BACK",
+    "CAM_BACK_LEFT",
+    "CAM_BACK_RIGHT",
+)
+INDEX_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class PointConfig:
+    """LiDAR loading of the official recipe: 9 of up to 10 previous sweeps, a time-lag channel,
+    a close-point filter per sweep, and a strict range filter after augmentation."""
+
+    sweeps: int = 9
+    stored_sweeps: int = 10
+    close_radius: float = 1.0
+    pad_empty_sweeps: bool = True  # official: no sweeps -> the key frame 9 more times, lag 0
+    point_range: tuple[float, ...] = (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)
+
+
+class NuScenesMultiView(Dataset):
+    """One item per nuScenes sample: six augmented camera images, their geometry, the multi-sweep
+    LiDAR points and a sparse depth map per camera. Batch items with `collate_multiview`.
+
+    Args:
+        dataroot: folder holding `v1.0-*/`, `samples/`, `sweeps/`.
+        version: devkit version, e.g. "v1.0-trainval" or "v1.0-mini".
+        split: an official split name ("train", "val", "mini_train", ...), or None for every scene.
+        scenes: scene names to keep (overrides `split`).
+        cameras: the camera channels, in this order (default: the six, in the official order).
+        train: random augmentation (True) or the fixed test-time one (False).
+        image_size: (width, height) of the network input.
+        seed: augmentation seed; with `set_epoch`, items are reproducible whatever the workers.
+        cache_dir: where the index is cached (default: `dataroot/.geomim-cache`); None disables.
+        skip_bad: skip samples whose files are missing or unreadable (counted, reported once)
+            instead of raising.
+    """
+
+    def __init__(
+        self,
+        dataroot: str | os.PathLike,
+        version: str = "v1.0-trainval",
+        split: str | None = "train",
+        scenes: Sequence[str] | None = None,
+        cameras: Sequence[str] = CAMERAS,
+        train: bool = True,
+        image_size: tuple[int, int] = (704, 256),
+        points: PointConfig = PointConfig(),
+        seed: int = 0,
+        cache_dir: str | os.PathLike | None = "",
+        skip_bad: bool = False,
+    ) -> None:
+        unknown = sorted(set(cameras) - set(CAMERAS))
+        if unknown or not cameras:
+            raise ValueError(
+                f"cameras must be a non-empty subset of {CAMERAS}, got {list(cameras)}"
+            )
+        self.dataroot = Path(dataroot)
+        self.cameras = tuple(cameras)
+        self.train = train
+        self.image_size = image_size
+        self.points = points
+        self.seed = seed
+        self.epoch = 0
+        self.skip_bad = skip_bad
+        self.skipped: set[str] = set()  # tokens of the samples skipped as bad
+        self._reported = False
+        if cache_dir == "":
+            cache_dir = self.dataroot / ".geomim-cache"
+        scene_names = list(scenes) if scenes is not None else _split_scenes(split)
+        index = load_index(self.dataroot, version, scene_names, cache_dir)
+        self.samples = [s for s in index if not skip_bad or self._files_present(s)]
+        if self.skipped:
+            self._report_skipped("missing files")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new augmentations (the same for every worker layout) in the next epoch."""
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict:
+        for attempt in range(len(self.samples)):
+            entry = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                return self._load(entry, np.random.default_rng([self.seed, self.epoch, index]))
+            except (OSError, ValueError) as error:
+                if not self.skip_bad:
+                    raise
+                self.skipped.add(entry["token"])
+                self._report_skipped(str(error))
+        raise RuntimeError(f"every sample of {self.dataroot} failed to load")
+
+    # ----------------------------------------------------------------------------- loading
+    def _load(self, entry: dict, rng: np.random.Generator) -> dict:
+        images, image_augs, intrinsics, camera_to_ego, camera_to_lidar = [], [], [], [], []
+        for channel in self.cameras:
+            camera = entry["cameras"][channel]
+            image = self._read_image(camera["path"], entry["token"])
+            aug = sample_image_aug(rng, image.size, self.image_size, train=self.train)
+            images.append(_augment_image(image, aug))
+            image_augs.append(aug.matrix())
+            intrinsic = np.eye(4)
+            intrinsic[:3, :3] = camera["intrinsics"]
+            intrinsics.append(intrinsic)
+            camera_to_ego.append(camera["camera_to_ego"])
+            camera_to_lidar.append(camera["camera_to_lidar"])
+        flips = rng.uniform(size=2) < 0.5 if self.train else (False, False)
+        lidar_aug = lidar_aug_matrix(flip_x=bool(flips[0]), flip_y=bool(flips[1]))
+        points = self._read_points(entry, rng)
+        points[:, :3] = points[:, :3] @ lidar_aug[:3, :3].T.astype(np.float32)
+        points = torch.from_numpy(_in_range(points, self.points.point_range))
+
+        # lidar_to_image in float64 first: large ego translations cancel in the product
+        lidar_to_image = _stack(np.stack(intrinsics) @ np.linalg.inv(np.stack(camera_to_lidar)))
+        intrinsics_t, camera_to_lidar_t = _stack(intrinsics), _stack(camera_to_lidar)
+        image_aug = _stack(image_augs)
+        lidar_aug_t = torch.as_tensor(lidar_aug, dtype=torch.float32)
+        width, height = self.image_size
+        return {
+            "token": entry["token"],
+            "images": torch.stack(images),  # (N, 3, H, W), normalised
+            "intrinsics": intrinsics_t,  # (N, 4, 4)
+            "camera_to_ego": _stack(camera_to_ego),
+            "camera_to_lidar": camera_to_lidar_t,
+            "lidar_to_image": lidar_to_image,
+            "image_aug": image_aug,
+            "lidar_aug": lidar_aug_t,  # (4, 4)
+            "points": points,  # (P, 5): x, y, z, intensity, time lag (s), augmented LiDAR frame
+            "depth_maps": depth_maps(
+                points, lidar_to_image, image_aug, lidar_aug_t, (height, width)
+            ),
+        }
+
+    def _read_image(self, relative: str, token: str) -> Image.Image:
+        path = self.dataroot / relative
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except OSError as error:
+            raise OSError(f"cannot read image {path} of sample {token}: {error}") from error
+
+    def _read_points(self, entry: dict, rng: np.random.Generator) -> np.ndarray:
+        """Key frame (lag 0) then the sweeps, in the key frame's LiDAR frame: (P, 5) float32."""
+        config = self.points
+        key = _remove_close(
+            self._read_bin(entry["lidar_path"], entry["token"]), config.close_radius
+        )
+        key[:, 4] = 0
+        sweeps = entry["sweeps"][: config.stored_sweeps]
+        if len(sweeps) > config.sweeps:
+            sweeps = [sweeps[i] for i in rng.choice(len(sweeps), config.sweeps, replace=False)]
+        clouds = [key]
+        for sweep in sweeps:
+            points = _remove_close(
+                self._read_bin(sweep["path"], entry["token"]), config.close_radius
+            )
+            transform = np.asarray(sweep["sensor_to_lidar"], dtype=np.float32)
+            points[:, :3] = points[:, :3] @ transform[:3, :3].T + transform[:3, 3]
+            points[:, 4] = (entry["timestamp"] - sweep["timestamp"]) / 1e6
+            clouds.append(points)
+        if not sweeps and config.pad_empty_sweeps:
+            clouds += [key.copy() for _ in range(config.sweeps)]
+        return np.concatenate(clouds)
+
+    def _read_bin(self, relative: str, token: str) -> np.ndarray:
+        path = self.dataroot / relative
+        try:
+            values = np.fromfile(path, dtype=np.float32)
+        except OSError as error:
+            raise OSError(f"cannot read points {path} of sample {token}: {error}") from error
+        if values.size % 5:
+            raise ValueError(
+                f"points file {path} of sample {token} holds {values.size} floats, "
+                "expected a multiple of 5 (x, y, z, intensity, ring)"
+            )
+        return values.reshape(-1, 5).copy()
+
+    def _files_present(self, entry: dict) -> bool:
+        paths = [entry["lidar_path"], *(s["path"] for s in entry["sweeps"])]
+        paths += [entry["cameras"][c]["path"] for c in self.cameras]
+        missing = [p for p in paths if not (self.dataroot / p).is_file()]
+        if missing:
+            self.skipped.add(entry["token"])
+        return not missing
+
+    def _report_skipped(self, reason: str) -> None:
+        """Warn once per dataset (per worker); `skipped` keeps the full count."""
+        if not self._reported:
+            logger.warning(
+                "skipping bad samples of %s (%d so far; first: %s)",
+                self.dataroot,
+                len(self.skipped),
+                reason,
+            )
+            self._reported = True
+
+
+# --------------------------------------------------------------------------------- index
+def load_index(
+    dataroot: Path, version: str, scenes: list[str] | None, cache_dir: str | os.PathLike | None
+) -> list[dict]:
+    """The per-sample index of `scenes` (None: all), from the cache when it is current."""
+    tables = dataroot / version
+    if not tables.is_dir():
+        raise FileNotFoundError(f"no nuScenes tables at {tables} (version {version!r})")
+    cache = _cache_path(tables, scenes, cache_dir) if cache_dir is not None else None
+    if cache is not None and cache.is_file():
+        return torch.load(cache, weights_only=True)["samples"]
+    index = build_index(dataroot, version, scenes)
+    if cache is not None:
+        content = {"format": INDEX_FORMAT, "samples": index}
+        write_atomic(cache, lambda path: torch.save(content, path))
+    return index
+
+
+def build_index(dataroot: Path, version: str, scenes: list[str] | None) -> list[dict]:
+    """Everything a sample needs, read once through the devkit."""
+    try:
+        from nuscenes import NuScenes
+    except ImportError as error:
+        raise ImportError(
+            'reading nuScenes needs the devkit: pip install "geomim[nuscenes]"'
+        ) from error
+    nusc = NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    wanted = None if scenes is None else set(scenes)
+    index = []
+    for scene in nusc.scene:
+        if wanted is not None and scene["name"] not in wanted:
+            continue
+        token = scene["first_sample_token"]
+        while token:
+            sample = nusc.get("sample", token)
+            index.append(_index_sample(nusc, sample))
+            token = sample["next"]
+    if wanted is not None and not index:
+        raise ValueError(f"none of the scenes {sorted(wanted)[:5]}... is in {dataroot} {version}")
+    return index
+
+
+def _index_sample(nusc, sample: dict) -> dict:
+    lidar = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
+    ego_to_lidar = np.linalg.inv(_sensor_to_global(nusc, lidar))
+    sweeps, record = [], lidar
+    while record["prev"] and len(sweeps) < PointConfig.stored_sweeps:
+        record = nusc.get("sample_data", record["prev"])
+        sweeps.append(
+            {
+                "path": record["filename"],
+                "timestamp": record["timestamp"],
+                "sensor_to_lidar": (ego_to_lidar @ _sensor_to_global(nusc, record)).tolist(),
+            }
+        )
+    cameras = {}
+    for channel in CAMERAS:
+        record = nusc.get("sample_data", sample["data"][channel])
+        calibration = nusc.get("calibrated_sensor", record["calibrated_sensor_token"])
+        cameras[channel] = {
+            "path": record["filename"],
+            "intrinsics": calibration["camera_intrinsic"],
+            "camera_to_ego": pose_matrix(
+                calibration["rotation"], calibration["translation"]
+            ).tolist(),
+            "camera_to_lidar": (ego_to_lidar @ _sensor_to_global(nusc, record)).tolist(),
+        }
+    return {
+        "token": sample["token"],
+        "timestamp": lidar["timestamp"],
+        "lidar_path": lidar["filename"],
+        "sweeps": sweeps,
+        "cameras": cameras,
+    }
+
+
+def _sensor_to_global(nusc, record: dict) -> np.ndarray:
+    calibration = nusc.get("calibrated_sensor", record["calibrated_sensor_token"])
+    ego = nusc.get("ego_pose", record["ego_pose_token"])
+    sensor_to_ego = pose_matrix(calibration["rotation"], calibration["translation"])
+    return pose_matrix(ego["rotation"], ego["translation"]) @ sensor_to_ego
+
+
+def _cache_path(tables: Path, scenes: list[str] | None, cache_dir: str | os.PathLike) -> Path:
+    """One cache file per dataset state and scene selection: tables' sizes and mtimes in the key."""
+    key = hashlib.sha256(f"{INDEX_FORMAT}|{sorted(scenes) if scenes else None}".encode())
+    for table in sorted(tables.glob("*.json")):
+        stat = table.stat()
+        key.update(f"{table.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return Path(cache_dir) / f"index-{tables.name}-{key.hexdigest()[:16]}.pt"
+
+
+def _split_scenes(split: str | None) -> list[str] | None:
+    if split is None:
+        return None
+    try:
+        from nuscenes.utils.splits import create_splits_scenes
+    except ImportError as error:
+        raise ImportError(
+            'official splits need the devkit: pip install "geomim[nuscenes]"'
+        ) from error
+    splits = create_splits_scenes()
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r}: expected one of {sorted(splits)} or None")
+    return splits[split]
+
+
+# --------------------------------------------------------------------------------- helpers
+def _stack(matrices: list) -> Tensor:
+    return torch.as_tensor(np.stack(matrices), dtype=torch.float32)
+
+
+def _augment_image(image: Image.Image, aug: ImageAug) -> Tensor:
+    """PIL resize, crop, flip, rotate (as BEVFusion's ImageAug3D), then ImageNet normalisation."""
+    width, height = image.size
+    image = image.resize((int(width * aug.resize), int(height * aug.resize)))
+    image = image.crop(aug.crop)
+    if aug.flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    image = image.rotate(aug.rotate_degrees)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_DEFAULT_STD)[:, None, None]
+    return (pixels - mean) / std
+
+
+def _remove_close(points: np.ndarray, radius: float) -> np.ndarray:
+    """Drop points with |x| < radius and |y| < radius (the car itself)."""
+    close = (np.abs(points[:, 0]) < radius) & (np.abs(points[:, 1]) < radius)
+    return points[~close]
+
+
+def _in_range(points: np.ndarray, bounds: tuple[float, ...]) -> np.ndarray:
+    low, high = np.asarray(bounds[:3]), np.asarray(bounds[3:])
+    xyz = points[:, :3]
+    return points[((xyz > low) & (xyz < high)).all(axis=1)]
