@@ -21,7 +21,6 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from geomim.checkpoints import write_atomic
 from geomim.data.geometry import (
     ImageAug,
     depth_maps,
@@ -29,6 +28,7 @@ from geomim.data.geometry import (
     pose_matrix,
     sample_image_aug,
 )
+from geomim.data.index import SampleIndex
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ CAMERAS = (
     "CAM_BACK_LEFT",
     "CAM_BACK_RIGHT",
 )
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -107,20 +107,24 @@ class NuScenesMultiView(Dataset):
             cache_dir = self.dataroot / ".geomim-cache"
         scene_names = list(scenes) if scenes is not None else _split_scenes(split)
         index = load_index(self.dataroot, version, scene_names, cache_dir)
-        self.samples = [s for s in index if not skip_bad or self._files_present(s)]
-        if self.skipped:
-            self._report_skipped("missing files")
+        if skip_bad:
+            index = index.subset(
+                np.array([self._files_present(index.entry(i)) for i in range(len(index))])
+            )
+            if self.skipped:
+                self._report_skipped("missing files")
+        self.index = index
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.index)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw new augmentations (the same for every worker layout) in the next epoch."""
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict:
-        for attempt in range(len(self.samples)):
-            entry = self.samples[(index + attempt) % len(self.samples)]
+        for attempt in range(len(self.index)):
+            entry = self.index.entry((index + attempt) % len(self.index))
             try:
                 return self._load(entry, np.random.default_rng([self.seed, self.epoch, index]))
             except (OSError, ValueError) as error:
@@ -238,22 +242,21 @@ class NuScenesMultiView(Dataset):
 # --------------------------------------------------------------------------------- index
 def load_index(
     dataroot: Path, version: str, scenes: list[str] | None, cache_dir: str | os.PathLike | None
-) -> list[dict]:
+) -> SampleIndex:
     """The per-sample index of `scenes` (None: all), from the cache when it is current."""
     tables = dataroot / version
     if not tables.is_dir():
         raise FileNotFoundError(f"no nuScenes tables at {tables} (version {version!r})")
     cache = _cache_path(tables, scenes, cache_dir) if cache_dir is not None else None
     if cache is not None and cache.is_file():
-        return torch.load(cache, weights_only=True)["samples"]
+        return SampleIndex.load(cache)
     index = build_index(dataroot, version, scenes)
     if cache is not None:
-        content = {"format": INDEX_FORMAT, "samples": index}
-        write_atomic(cache, lambda path: torch.save(content, path))
+        index.save(cache)
     return index
 
 
-def build_index(dataroot: Path, version: str, scenes: list[str] | None) -> list[dict]:
+def build_index(dataroot: Path, version: str, scenes: list[str] | None) -> SampleIndex:
     """Everything a sample needs, read once through the devkit."""
     try:
         from nuscenes import NuScenes
@@ -272,9 +275,11 @@ def build_index(dataroot: Path, version: str, scenes: list[str] | None) -> list[
             sample = nusc.get("sample", token)
             index.append(_index_sample(nusc, sample))
             token = sample["next"]
-    if wanted is not None and not index:
-        raise ValueError(f"none of the scenes {sorted(wanted)[:5]}... is in {dataroot} {version}")
-    return index
+    if not index:
+        raise ValueError(
+            f"none of the scenes {sorted(wanted or [])[:5]} is in {dataroot} {version}"
+        )
+    return SampleIndex.from_entries(index, CAMERAS, PointConfig.stored_sweeps)
 
 
 def _index_sample(nusc, sample: dict) -> dict:
@@ -287,7 +292,7 @@ def _index_sample(nusc, sample: dict) -> dict:
             {
                 "path": record["filename"],
                 "timestamp": record["timestamp"],
-                "sensor_to_lidar": (ego_to_lidar @ _sensor_to_global(nusc, record)).tolist(),
+                "sensor_to_lidar": ego_to_lidar @ _sensor_to_global(nusc, record),
             }
         )
     cameras = {}
@@ -297,10 +302,8 @@ def _index_sample(nusc, sample: dict) -> dict:
         cameras[channel] = {
             "path": record["filename"],
             "intrinsics": calibration["camera_intrinsic"],
-            "camera_to_ego": pose_matrix(
-                calibration["rotation"], calibration["translation"]
-            ).tolist(),
-            "camera_to_lidar": (ego_to_lidar @ _sensor_to_global(nusc, record)).tolist(),
+            "camera_to_ego": pose_matrix(calibration["rotation"], calibration["translation"]),
+            "camera_to_lidar": ego_to_lidar @ _sensor_to_global(nusc, record),
         }
     return {
         "token": sample["token"],
@@ -324,7 +327,7 @@ def _cache_path(tables: Path, scenes: list[str] | None, cache_dir: str | os.Path
     for table in sorted(tables.glob("*.json")):
         stat = table.stat()
         key.update(f"{table.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return Path(cache_dir) / f"index-{tables.name}-{key.hexdigest()[:16]}.pt"
+    return Path(cache_dir) / f"index-{tables.name}-{key.hexdigest()[:16]}.npz"
 
 
 def _split_scenes(split: str | None) -> list[str] | None:

@@ -57,7 +57,7 @@ def test_points_carry_sweeps_with_time_lags_inside_the_range(dataroot):
     assert (
         (points[:, :2].abs() < 54).all() and (points[:, 2] > -5).all() and (points[:, 2] < 3).all()
     )
-    data.samples[0]["sweeps"] = []  # no earlier sweep: the key frame 9 more times, lag 0 (official)
+    data.index.sweep_paths[0] = ""  # no earlier sweep: the key frame 9 more times, lag 0 (official)
     first = data[0]["points"]
     assert (first[:, 4] == 0).all()
     assert len(first) % 10 == 0
@@ -158,14 +158,15 @@ def test_camera_subset_keeps_the_given_order(dataroot):
 def test_cached_index_needs_no_devkit_and_follows_table_changes(dataroot, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     built = dataset(dataroot, cache_dir=cache)
-    assert len(list(cache.glob("index-*.pt"))) == 1
+    assert len(list(cache.glob("index-*.npz"))) == 1
 
     def no_devkit(*args, **kwargs):
         raise AssertionError("the devkit was loaded although the index is cached")
 
     monkeypatch.setattr("nuscenes.NuScenes", no_devkit)
     cached = dataset(dataroot, cache_dir=cache)
-    assert [s["token"] for s in cached.samples] == [s["token"] for s in built.samples]
+    assert list(cached.index.tokens) == list(built.index.tokens)
+    np.testing.assert_array_equal(cached.index.camera_to_lidar, built.index.camera_to_lidar)
     table = dataroot / "v1.0-mini" / "scene.json"
     table.write_text(table.read_text())  # a new mtime: the cache no longer matches
     with pytest.raises(AssertionError, match="devkit was loaded"):
@@ -200,7 +201,7 @@ def broken_copy(dataroot, tmp_path):
 
 def test_missing_image_names_file_and_sample(broken_copy, caplog):
     data = dataset(broken_copy)
-    entry = data.samples[1]
+    entry = data.index.entry(1)
     victim = broken_copy / entry["cameras"]["CAM_BACK"]["path"]
     victim.unlink()
     with pytest.raises(OSError, match=rf"{re.escape(victim.name)}.*{entry['token']}"):
@@ -214,7 +215,7 @@ def test_missing_image_names_file_and_sample(broken_copy, caplog):
 
 def test_unreadable_image_is_skipped_and_counted_never_zeros(broken_copy, caplog):
     data = dataset(broken_copy, skip_bad=True)
-    entry = data.samples[0]
+    entry = data.index.entry(0)
     (broken_copy / entry["cameras"]["CAM_FRONT"]["path"]).write_bytes(b"not a jpeg")
     with caplog.at_level(logging.WARNING):
         item = data[0]
@@ -227,7 +228,7 @@ def test_unreadable_image_is_skipped_and_counted_never_zeros(broken_copy, caplog
 
 def test_truncated_points_file_names_file_and_sample(broken_copy):
     data = dataset(broken_copy)
-    entry = data.samples[1]
+    entry = data.index.entry(1)
     lidar = broken_copy / entry["lidar_path"]
     lidar.write_bytes(lidar.read_bytes()[:-4])
     with pytest.raises(
