@@ -6,7 +6,12 @@ from geomim.layers.patch import PatchEmbed, PatchMerging, add_position_embedding
 from geomim.layers.swin_block import SwinBlock
 from geomim.layers.views import fold_views, unfold_views
 from geomim.layers.window_attention import WindowAttention, relative_position_index
-from geomim.layers.windows import pad_to_multiple, window_merge, window_partition
+from geomim.layers.windows import (
+    group_window_mask,
+    pad_to_multiple,
+    window_merge,
+    window_partition,
+)
 
 __all__ = [
     "ChunkedMlp",
@@ -17,6 +22,7 @@ __all__ = [
     "WindowAttention",
     "add_position_embedding",
     "fold_views",
+    "group_window_mask",
     "pad_to_multiple",
     "relative_position_index",
     "rows_across_views",

@@ -35,11 +35,12 @@ class SwinBlock(nn.Module):
         self.mlp = ChunkedMlp(dim, int(dim * mlp_ratio), chunked=fused_attn)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, H, W, C) -> (B, H, W, C)."""
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(B, H, W, C) -> (B, H, W, C); `mask` (nW, w*w, w*w) restricts attention in every image
+        (see `geomim.pretrain.masking.group_attention_mask`)."""
         _, height, width, _ = x.shape
         padded = pad_to_multiple(self.norm1(x), self.window)  # (B, Hp, Wp, C)
-        windows = self.attn(window_partition(padded, self.window))  # (B * nW, w*w, C)
+        windows = self.attn(window_partition(padded, self.window), mask)  # (B * nW, w*w, C)
         attended = window_merge(windows, self.window, padded.shape[1], padded.shape[2])
         x = x + self.drop_path(attended[:, :height, :width])
         return x + self.drop_path(self.mlp(self.norm2(x)))

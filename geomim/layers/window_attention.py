@@ -50,10 +50,13 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1).contiguous()
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(num_windows, L, C) -> (num_windows, L, C)."""
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(B * nW, L, C) -> (B * nW, L, C); `mask` (nW, L, L) is added to every image's logits."""
         windows, tokens, _ = x.shape
         qkv = self.qkv(x).view(windows, tokens, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (num_windows, heads, L, head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B * nW, heads, L, head_dim)
+        bias = self.relative_position_bias()  # (heads, L, L)
+        if mask is not None:
+            bias = bias + mask[:, None]  # (nW, heads, L, L)
         attend = attention_with_bias if self.fused_attn else reference_attention_with_bias
-        return self.proj(attend(q, k, v, self.relative_position_bias()))
+        return self.proj(attend(q, k, v, bias))

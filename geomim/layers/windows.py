@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -29,3 +30,16 @@ def window_merge(windows: Tensor, window: int, height: int, width: int) -> Tenso
     rows, cols = height // window, width // window
     x = windows.view(-1, rows, cols, window, window, channels)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+
+
+def group_window_mask(masks: Tensor, size: tuple[int, int], window: int) -> Tensor:
+    """(num_windows, w*w, w*w) additive mask for a (H, W) token map and window `window`.
+
+    The stride-32 masks are nearest-resized to the unpadded map, the padding is hidden in both
+    groups, and token p may attend to token q only if both are visible in one group.
+    """
+    visible = 1 - F.interpolate(masks[None].float(), size=size, mode="nearest")[0]  # (2, H, W)
+    visible = pad_to_multiple(visible.permute(1, 2, 0)[None], window)  # (1, Hp, Wp, 2), pad 0
+    visible = window_partition(visible, window)  # (nW, L, 2)
+    allowed = visible @ visible.transpose(1, 2)  # (nW, L, L): v0p v0q + v1p v1q
+    return torch.zeros_like(allowed).masked_fill(allowed == 0, -1e30)

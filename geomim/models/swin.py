@@ -26,6 +26,7 @@ from geomim.layers import (
     WindowAttention,
     add_position_embedding,
     fold_views,
+    group_window_mask,
     unfold_views,
 )
 from geomim.models._factory import create_backbone, init_linear_weights
@@ -62,20 +63,29 @@ class SwinStage(nn.Module):
         )
         self.downsample = PatchMerging(dim, out_dim) if out_dim is not None else None
 
-    def forward(self, x: Tensor, num_views: int | None = None) -> Tensor:
-        """Run the blocks on (B*N, H, W, C); the caller applies `downsample` afterwards."""
+    def forward(
+        self, x: Tensor, num_views: int | None = None, group_masks: Tensor | None = None
+    ) -> Tensor:
+        """Run the blocks on (B*N, H, W, C); the caller applies `downsample` afterwards.
+
+        `group_masks` (2, h, w): complementary masks (1 = hidden); each token then attends only
+        within its group, and padding is hidden in both (masked pretraining).
+        """
+        mask = None
+        if group_masks is not None:
+            mask = group_window_mask(group_masks, x.shape[1:3], self.blocks[0].window)
         for i, block in enumerate(self.blocks):
-            x = self._run(block, x)
+            x = self._run(block, x, mask)
             if str(i) in self.cva:
                 images, height, width, channels = x.shape
                 rigs = x.view(images // num_views, num_views, height, width, channels)
                 x = self._run(self.cva[str(i)], rigs).view_as(x)
         return x
 
-    def _run(self, module: nn.Module, x: Tensor) -> Tensor:
+    def _run(self, module: nn.Module, x: Tensor, *args) -> Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(module, x, use_reentrant=False)
-        return module(x)
+            return checkpoint(module, x, *args, use_reentrant=False)
+        return module(x, *args)
 
 
 class GeoMIMSwin(nn.Module):
@@ -240,17 +250,41 @@ class GeoMIMSwin(nn.Module):
         images, num_views = self._fold(x)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last = max_index if stop_early else len(self.stages) - 1
+        final, intermediates = self._run_stages(images, num_views, take_indices, last)
+        if intermediates_only:
+            return intermediates
+        return final, intermediates
+
+    def forward_masked(self, images: Tensor, group_masks: Tensor) -> list[Tensor]:
+        """Masked pretraining: both complementary groups in one pass, every window attention
+        restricted to its group. `group_masks` (2, H/32, W/32), 1 = hidden. Returns stages 2 and 3
+        (normalised), like the official pretraining encoder."""
+        if self.has_cva:
+            raise ValueError(
+                "cross-view blocks would mix the mask groups: build without cva_stages"
+            )
+        images, num_views = self._fold(images)
+        _, outputs = self._run_stages(images, num_views, [2, 3], 3, group_masks)
+        return outputs
+
+    def _run_stages(
+        self,
+        images: Tensor,
+        num_views: int | None,
+        take_indices: Sequence[int],
+        last: int,
+        group_masks: Tensor | None = None,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Stages 0..last on folded images: the last output and those of `take_indices`."""
         x = self.embed(images)
         intermediates = []
         for i in range(last + 1):
             stage = self.stages[i]
-            x = stage(x, num_views or self.num_views)
+            x = stage(x, num_views or self.num_views, group_masks)
             if i in take_indices:
                 intermediates.append(unfold_views(self.stage_output(i, x), num_views))
             if i < last and stage.downsample is not None:
                 x = stage.downsample(x)
-        if intermediates_only:
-            return intermediates
         return unfold_views(self.stage_output(last, x), num_views), intermediates
 
     def prune_intermediate_layers(
@@ -272,12 +306,8 @@ class GeoMIMSwin(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """Last stage's normalised map: (B*N, 8C, H/32, W/32), or (B, N, ...) for 5D input."""
         images, num_views = self._fold(x)
-        x = self.embed(images)
-        for stage in self.stages:
-            x = stage(x, num_views or self.num_views)
-            if stage.downsample is not None:
-                x = stage.downsample(x)
-        return unfold_views(self.stage_output(len(self.stages) - 1, x), num_views)
+        final, _ = self._run_stages(images, num_views, [], len(self.stages) - 1)
+        return final
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.head(x, pre_logits=pre_logits) if x.ndim == 4 else self._head_5d(x, pre_logits)

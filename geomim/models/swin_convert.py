@@ -31,19 +31,23 @@ OFFICIAL_RENAMES = (
 )
 
 
-def official_to_geomim(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Select the backbone's tensors from any official form and rename them to ours."""
+def select_backbone(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The camera backbone's tensors of any official checkpoint, without wrapper prefixes."""
     state_dict = {_strip(key, "module."): value for key, value in state_dict.items()}
     for prefix in BACKBONE_PREFIXES:
         if any(key.startswith(prefix) for key in state_dict):
-            state_dict = {
+            return {
                 key[len(prefix) :]: value
                 for key, value in state_dict.items()
                 if key.startswith(prefix)
             }
-            break
+    return state_dict
+
+
+def official_to_geomim(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Select the backbone's tensors from any official form and rename them to ours."""
     converted = {}
-    for key, value in state_dict.items():
+    for key, value in select_backbone(state_dict).items():
         if key.endswith("relative_position_index") or PRETRAIN_DECODER_KEYS.match(key):
             continue  # index buffers carry nothing learned; decoder weights are not the backbone's
         for pattern, replacement in OFFICIAL_RENAMES:

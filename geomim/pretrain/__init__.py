@@ -1,0 +1,1 @@
+"""GeoMIM pretraining: complementary masking, the two-branch decoder, view transform, losses."""
