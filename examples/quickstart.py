@@ -17,16 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-# The nuScenes camera order of the official data pipeline.
-CAMERAS = (
-    "CAM_FRONT",
-    "CAM_FRONT_RIGHT",
-    "CAM_FRONT_LEFT",
-    "CAM_BACK",
-    "CAM_BACK_LEFT",
-    "CAM_BACK_RIGHT",
-)
-
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -78,6 +68,8 @@ def load_images(paths: list[Path] | None, height: int, width: int):
         )
     from PIL import Image
     from torchvision.transforms.functional import normalize, to_tensor
+
+    from geomim.data import CAMERAS  # the official camera order
 
     views = []
     for camera, path in zip(CAMERAS, paths, strict=True):
