@@ -63,9 +63,7 @@ def load_images(paths: list[Path] | None, height: int, width: int):
 
     if paths is None:
         print("images: six synthetic camera images (pass --images for real ones)")
-        return torch.randn(
-            1, len(CAMERAS), 3, height, width, generator=torch.Generator().manual_seed(0)
-        )
+        return torch.randn(1, 6, 3, height, width, generator=torch.Generator().manual_seed(0))
     from PIL import Image
     from torchvision.transforms.functional import normalize, to_tensor
 
