@@ -84,15 +84,25 @@ def project_points(
 
     The official steps: undo the LiDAR augmentation, apply lidar_to_image, divide by the camera
     depth (clamped to [1e-5, 1e5]), then apply the image augmentation. One camera per row of the
-    (N, 4, 4) matrices.
+    (N, 4, 4) matrices. The 3x3 products are written out as ordered sums, so the result is the
+    same on every machine and bit for bit the official one (a BLAS matmul may sum differently).
     """
     xyz = points[:, :3].to(lidar_aug.dtype) - lidar_aug[:3, 3]
-    xyz = xyz @ torch.linalg.inv(lidar_aug[:3, :3]).T  # (P, 3) in the sensor's LiDAR frame
-    camera = xyz @ lidar_to_image[:, :3, :3].transpose(1, 2) + lidar_to_image[:, None, :3, 3]
+    xyz = _rotate(torch.linalg.inv(lidar_aug[:3, :3]), xyz)  # (P, 3) in the sensor's LiDAR frame
+    camera = _rotate(lidar_to_image[:, None, :3, :3], xyz) + lidar_to_image[:, None, :3, 3]
     depth = camera[..., 2].clamp(1e-5, 1e5)  # (N, P)
-    pixels = camera[..., :2] / depth[..., None]
-    pixels = pixels @ image_aug[:, :2, :2].transpose(1, 2) + image_aug[:, None, :2, 3]
-    return pixels, depth
+    scaled = torch.cat([camera[..., :2] / depth[..., None], depth[..., None]], dim=-1)
+    pixels = _rotate(image_aug[:, None, :3, :3], scaled) + image_aug[:, None, :3, 3]
+    return pixels[..., :2], depth
+
+
+def _rotate(matrix: Tensor, xyz: Tensor) -> Tensor:
+    """(..., 3, 3) matrix applied to (..., 3) vectors as m[i, 0] x + m[i, 1] y + m[i, 2] z."""
+    x, y, z = xyz.unbind(-1)
+    rows = [
+        (matrix[..., i, 0] * x + matrix[..., i, 1] * y) + matrix[..., i, 2] * z for i in range(3)
+    ]
+    return torch.stack(rows, dim=-1)
 
 
 def depth_maps(

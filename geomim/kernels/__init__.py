@@ -3,3 +3,7 @@
 from geomim.kernels.attention import attention_with_bias, reference_attention_with_bias
 
 __all__ = ["attention_with_bias", "reference_attention_with_bias"]
+
+from geomim.kernels.bev_pool import bev_pool, reference_bev_pool
+
+__all__ += ["bev_pool", "reference_bev_pool"]

@@ -1,0 +1,109 @@
+"""The GeoMIM pretrainer: masked camera branch, Lift-Splat to BEV, frozen LiDAR teacher, losses."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from geomim.data.batch import MultiViewBatch
+from geomim.pretrain.camera_branch import CameraBranch
+from geomim.pretrain.decoder import DecoderConfig
+from geomim.pretrain.losses import (
+    depth_loss,
+    depth_target,
+    normalize_patches,
+    reconstruction_loss,
+)
+from geomim.pretrain.masking import complementary_masks
+from geomim.pretrain.view_transform import DepthLSS, ViewTransformConfig, ViewTransformOutput
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Defaults are the official recipe (Swin-B, 6 cameras, 256 x 704, 18-cell teacher patches)."""
+
+    encoder: str = "geomim_base"
+    num_views: int = 6
+    mask_ratio: float = 0.5
+    teacher_patch: int = 18
+    depth_loss_weight: float = 0.01
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    view_transform: ViewTransformConfig = field(default_factory=ViewTransformConfig)
+
+    def __post_init__(self) -> None:
+        if self.view_transform.num_views != self.num_views:
+            raise ValueError(
+                f"view_transform.num_views {self.view_transform.num_views} must equal "
+                f"num_views {self.num_views}"
+            )
+        if self.view_transform.in_channels != self.decoder.width:
+            raise ValueError(
+                f"view_transform.in_channels {self.view_transform.in_channels} must equal "
+                f"the decoder width {self.decoder.width}"
+            )
+
+
+@dataclass(frozen=True)
+class PretrainOutput:
+    losses: dict[str, Tensor]  # "reconstruction", "depth", "total"
+    predictions: list[ViewTransformOutput]  # one per mask group
+    teacher: Tensor  # (B, C, X, Y) the normalised teacher map
+    group_masks: Tensor  # (2, H/32, W/32), 1 = hidden in that group
+
+
+class GeoMIMPretrainer(nn.Module):
+    """Every piece of the method between a `MultiViewBatch` and its losses.
+
+    `teacher` is any frozen module mapping the batch's LiDAR points (a list of (P, 5) tensors)
+    to a (B, C, X, Y) BEV map the size of the view transform's output.
+    """
+
+    def __init__(self, config: PretrainConfig, teacher: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        encoder = timm.create_model(config.encoder)
+        self.camera_branch = CameraBranch(encoder, config.num_views, config.decoder)
+        self.view_transform = DepthLSS(config.view_transform)
+        self.teacher = teacher.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> GeoMIMPretrainer:
+        super().train(mode)
+        self.teacher.eval()  # frozen, always in eval mode
+        return self
+
+    def forward(self, batch: MultiViewBatch, group_masks: Tensor | None = None) -> PretrainOutput:
+        """Losses of one batch; masks are drawn (one draw for the batch) unless given."""
+        images = batch.images  # (B, N, 3, H, W)
+        if group_masks is None:
+            grid = (math.ceil(images.shape[-2] / 32), math.ceil(images.shape[-1] / 32))
+            group_masks = complementary_masks(grid, self.config.mask_ratio, device=images.device)
+        cameras = batch.cameras
+        semantic, geometry = self.camera_branch(
+            images, cameras.intrinsics, cameras.image_aug, cameras.camera_to_ego, group_masks
+        )  # each (2*B*N, D, h, w), group-major
+        semantic = semantic.unflatten(0, (2, *images.shape[:2]))  # (2, B, N, D, h, w)
+        geometry = geometry.unflatten(0, (2, *images.shape[:2]))
+        predictions = [
+            self.view_transform(semantic[g], geometry[g], cameras, batch.lidar_aug) for g in (0, 1)
+        ]
+        with torch.no_grad():
+            teacher = normalize_patches(self.teacher(batch.points), self.config.teacher_patch)
+        target = depth_target(
+            batch.depth_maps.flatten(0, 1),
+            self.config.view_transform.stride,
+            self.config.view_transform.dbound,
+        )
+        try:
+            reconstruction = sum(reconstruction_loss(p.prediction, teacher) for p in predictions)
+            depth = sum(
+                depth_loss(p.depth, target, self.config.depth_loss_weight) for p in predictions
+            )
+        except FloatingPointError as error:
+            raise FloatingPointError(f"{error} on samples {batch.tokens}") from error
+        losses = {"reconstruction": reconstruction / 2, "depth": depth / 2}
+        losses["total"] = losses["reconstruction"] + losses["depth"]
+        return PretrainOutput(losses, predictions, teacher, group_masks)
