@@ -1,1 +1,22 @@
 """GeoMIM pretraining: complementary masking, the two-branch decoder, view transform, losses."""
+
+from geomim.pretrain.camera_branch import CameraBranch
+from geomim.pretrain.convert import official_pretrain_to_geomim, pretrain_checkpoint_filter_fn
+from geomim.pretrain.decoder import DecoderConfig, GeoMIMDecoder
+from geomim.pretrain.masking import complementary_masks
+from geomim.pretrain.model import GeoMIMPretrainer, PretrainConfig, PretrainOutput
+from geomim.pretrain.view_transform import DepthLSS, ViewTransformConfig
+
+__all__ = [
+    "CameraBranch",
+    "DecoderConfig",
+    "DepthLSS",
+    "GeoMIMDecoder",
+    "GeoMIMPretrainer",
+    "PretrainConfig",
+    "PretrainOutput",
+    "ViewTransformConfig",
+    "complementary_masks",
+    "official_pretrain_to_geomim",
+    "pretrain_checkpoint_filter_fn",
+]
