@@ -18,7 +18,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from geomim.checkpoints import fit_to_model, load_checkpoint_into
+from geomim.checkpoints import fit_to_model
 from geomim.layers import (
     CrossViewAttention,
     PatchEmbed,
@@ -26,6 +26,7 @@ from geomim.layers import (
     fold_views,
     unfold_views,
 )
+from geomim.models._base import MultiViewBackbone
 from geomim.models._factory import create_backbone, init_linear_weights
 
 
@@ -58,10 +59,14 @@ class SimpleFeaturePyramid(nn.Module):
         return [self.levels[i](x) for i in indices]
 
 
-class GeoMIMViT(nn.Module):
+class GeoMIMViT(MultiViewBackbone):
     """ViT with Cross-View Attention after chosen blocks, a per-camera embedding and a
     stride 8/16/32 feature pyramid. Images: (B, N, 3, H, W), or (B*N, 3, H, W) with N = num_views.
     """
+
+    @staticmethod
+    def checkpoint_filter(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+        return checkpoint_filter_fn(state_dict, model)
 
     def __init__(
         self,
@@ -136,14 +141,6 @@ class GeoMIMViT(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
-
     # ----------------------------------------------------------------------------- forward
     def encode(self, images: Tensor) -> tuple[Tensor, int | None]:
         """Images -> the normalised stride-16 map (B*N, C, H/16, W/16), and N if 5D input."""
@@ -216,18 +213,6 @@ class GeoMIMViT(nn.Module):
         """The normalised stride-16 map: (B*N, C, H/16, W/16), or (B, N, ...) for 5D input."""
         final, num_views = self.encode(x)
         return unfold_views(final, num_views)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if x.ndim == 5:
-            return unfold_views(self.head(x.flatten(0, 1), pre_logits=pre_logits), x.shape[1])
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def load_pretrained(self, checkpoint_path: str) -> None:
-        """Load a CVA-ViT checkpoint (safetensors or .pth); timm calls this."""
-        load_checkpoint_into(self, checkpoint_path, checkpoint_filter_fn)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:

@@ -16,7 +16,6 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from geomim.checkpoints import load_checkpoint_into
 from geomim.layers import (
     ChunkedMlp,
     CrossViewAttention,
@@ -29,6 +28,7 @@ from geomim.layers import (
     group_window_mask,
     unfold_views,
 )
+from geomim.models._base import MultiViewBackbone
 from geomim.models._factory import create_backbone, init_linear_weights
 from geomim.models.swin_convert import checkpoint_filter_fn
 
@@ -88,10 +88,12 @@ class SwinStage(nn.Module):
         return module(x, *args)
 
 
-class GeoMIMSwin(nn.Module):
+class GeoMIMSwin(MultiViewBackbone):
     """Swin encoder with unshifted padded windows, a resized absolute position embedding and
     LayerNorm'd outputs at stages 2 and 3, numerically identical to the official GeoMIM backbone.
     """
+
+    checkpoint_filter = staticmethod(checkpoint_filter_fn)  # official or geomim weights
 
     def __init__(
         self,
@@ -186,14 +188,6 @@ class GeoMIMSwin(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
             stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
 
     def set_fused_attn(self, enable: bool = True) -> None:
         """Switch between the fast path (SDPA attention, chunked inference MLP) and the official
@@ -308,19 +302,6 @@ class GeoMIMSwin(nn.Module):
         images, num_views = self._fold(x)
         final, _ = self._run_stages(images, num_views, [], len(self.stages) - 1)
         return final
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.head(x, pre_logits=pre_logits) if x.ndim == 4 else self._head_5d(x, pre_logits)
-
-    def _head_5d(self, x: Tensor, pre_logits: bool) -> Tensor:
-        return unfold_views(self.head(x.flatten(0, 1), pre_logits=pre_logits), x.shape[1])
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def load_pretrained(self, checkpoint_path: str) -> None:
-        """Load our safetensors or an official checkpoint (converted on load); timm calls this."""
-        load_checkpoint_into(self, checkpoint_path, checkpoint_filter_fn)
 
 
 def _cva_positions(depth: int, every: int | None) -> list[int]:
