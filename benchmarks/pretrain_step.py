@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 from common import machine_info, time_rounds, write_report
-from torch import Tensor, nn
+from torch import Tensor
 
 from geomim.data.batch import CameraGeometry, MultiViewBatch
 from geomim.data.geometry import ImageAug, depth_maps
@@ -45,6 +45,7 @@ from geomim.kernels.bev_pool import bev_pool, reference_bev_pool
 from geomim.pretrain.decoder import DecoderConfig
 from geomim.pretrain.masking import complementary_masks
 from geomim.pretrain.model import GeoMIMPretrainer, PretrainConfig
+from geomim.pretrain.teacher import HistogramTeacher
 from geomim.pretrain.view_transform import DepthLSS, ViewTransformConfig
 
 RESULT_PREFIX = "PRETRAIN_STEP_RESULT "
@@ -181,30 +182,6 @@ def synthetic_batch(num_points: int, seed: int = 0) -> MultiViewBatch:
     )
 
 
-class StandInTeacher(nn.Module):
-    """A frozen stand-in for the LiDAR teacher: per-cell log point count and mean height on the
-    teacher's 180 x 180 grid (0.6 m cells over +-54 m), a fixed random 1x1 conv to 256 channels."""
-
-    def __init__(self, channels: int = 256, cells: int = 180, bound: float = 54.0) -> None:
-        super().__init__()
-        self.cells, self.bound = cells, bound
-        generator = torch.Generator().manual_seed(0)
-        self.register_buffer("weight", torch.randn(channels, 2, generator=generator))
-
-    def forward(self, points: list[Tensor]) -> Tensor:
-        maps = []
-        for cloud in points:
-            scaled = (cloud[:, :2] + self.bound) / (2 * self.bound) * self.cells
-            cell = scaled.floor().long()
-            inside = ((cell >= 0) & (cell < self.cells)).all(dim=1)
-            flat = cell[inside, 0] * self.cells + cell[inside, 1]
-            count = torch.zeros(self.cells**2).index_add_(0, flat, torch.ones(len(flat)))
-            height = torch.zeros(self.cells**2).index_add_(0, flat, cloud[inside, 2])
-            features = torch.stack([count.log1p(), height / count.clamp(min=1)])
-            maps.append(features.view(2, self.cells, self.cells))
-        return torch.einsum("ck,bkxy->bcxy", self.weight, torch.stack(maps))
-
-
 def pretrain_config(size: str) -> PretrainConfig:
     """`tiny`: test encoder, decoder width 64 / 4 heads, official image size and BEV grid;
     `base`: the official recipe (`PretrainConfig()`)."""
@@ -238,7 +215,7 @@ def run_only(config: StepConfig, repeats: int, warmup: int, num_points: int) -> 
     batch = synthetic_batch(num_points)
     torch.manual_seed(0)
     recipe = replace(pretrain_config(config.size), grad_checkpointing=config.grad_checkpointing)
-    model = GeoMIMPretrainer(recipe, StandInTeacher()).train()
+    model = GeoMIMPretrainer(recipe, HistogramTeacher()).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.05)
     height, width = IMAGE_SIZE

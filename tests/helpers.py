@@ -45,26 +45,3 @@ def populate_hf_cache(
         (snapshot / name).symlink_to(Path("../../blobs") / digest)
     (repo / "refs" / revision).write_text(commit)
     return commit
-
-
-class HistogramTeacher(torch.nn.Module):
-    """A fixed stand-in LiDAR teacher: per-cell log point count and mean height of the BEV grid,
-    mapped to `channels` by a fixed random 1x1 convolution. Depends only on the points."""
-
-    def __init__(self, channels: int, bounds: tuple[float, float, float], cells: int) -> None:
-        super().__init__()
-        self.low, self.high, self.cells = bounds[0], bounds[1], cells
-        generator = torch.Generator().manual_seed(0)
-        self.register_buffer("weight", torch.randn(channels, 2, generator=generator))
-
-    def forward(self, points: list[torch.Tensor]) -> torch.Tensor:
-        maps = []
-        for cloud in points:
-            cell = ((cloud[:, :2] - self.low) / (self.high - self.low) * self.cells).floor().long()
-            inside = ((cell >= 0) & (cell < self.cells)).all(dim=1)
-            flat = cell[inside, 0] * self.cells + cell[inside, 1]
-            count = torch.zeros(self.cells**2).index_add_(0, flat, torch.ones(len(flat)))
-            height = torch.zeros(self.cells**2).index_add_(0, flat, cloud[inside, 2])
-            features = torch.stack([count.log1p(), height / count.clamp(min=1)])
-            maps.append(features.view(2, self.cells, self.cells))
-        return torch.einsum("ck,bkxy->bcxy", self.weight, torch.stack(maps))

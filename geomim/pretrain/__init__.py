@@ -5,6 +5,7 @@ from geomim.pretrain.convert import official_pretrain_to_geomim, pretrain_checkp
 from geomim.pretrain.decoder import DecoderConfig, GeoMIMDecoder
 from geomim.pretrain.masking import complementary_masks
 from geomim.pretrain.model import GeoMIMPretrainer, PretrainConfig, PretrainOutput
+from geomim.pretrain.teacher import HistogramTeacher
 from geomim.pretrain.view_transform import DepthLSS, ViewTransformConfig
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "DepthLSS",
     "GeoMIMDecoder",
     "GeoMIMPretrainer",
+    "HistogramTeacher",
     "PretrainConfig",
     "PretrainOutput",
     "ViewTransformConfig",

@@ -11,8 +11,8 @@ from geomim.pretrain.decoder import DecoderConfig
 from geomim.pretrain.losses import depth_target
 from geomim.pretrain.masking import complementary_masks
 from geomim.pretrain.model import GeoMIMPretrainer, PretrainConfig
+from geomim.pretrain.teacher import HistogramTeacher
 from geomim.pretrain.view_transform import ViewTransformConfig
-from tests.helpers import HistogramTeacher
 
 BOUND = (-51.2, 51.2, 1.6)  # 64 cells, 32 after the downsample
 
@@ -48,7 +48,9 @@ def batch(tmp_path_factory):
 
 def pretrainer(**config) -> GeoMIMPretrainer:
     torch.manual_seed(0)
-    return GeoMIMPretrainer(tiny_config(**config), HistogramTeacher(8, BOUND, 32))
+    return GeoMIMPretrainer(
+        tiny_config(**config), HistogramTeacher(channels=8, cells=32, bound=51.2)
+    )
 
 
 def test_losses_are_finite_scalars_and_both_groups_are_predicted(batch):
