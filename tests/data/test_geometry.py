@@ -42,7 +42,7 @@ def test_matrix_maps_original_pixels_to_augmented_ones(flip, angle):
     np.testing.assert_allclose(marker_position(augmented) + 0.5, predicted, atol=1.0)
 
 
-def test_augment_image_applies_the_same_operations_and_normalises():
+def test_augmented_image_has_the_network_size_and_imagenet_normalisation():
     image = Image.new("RGB", (1600, 900), (124, 116, 104))  # ~ the ImageNet mean
     aug = sample_image_aug(np.random.default_rng(0), image.size, train=True)
     tensor = _augment_image(image, aug)

@@ -242,3 +242,14 @@ def test_swin_with_cva_loads_official_weights_and_starts_identical(swin_fixture)
         with_cva(torch.randn(4, 3, 64, 96))
     with pytest.raises(ValueError, match=r"cva_stages \[4\] must index stages 0..3"):
         timm.create_model("geomim_test", cva_stages=(4,))
+
+
+@pytest.mark.parametrize("variant", ["geomim_test", "geomim_vit_small"])
+def test_group_matcher_puts_every_parameter_in_a_layer_group(variant):
+    from timm.models import group_parameters
+
+    model = timm.create_model(variant)
+    groups = group_parameters(model, model.group_matcher())
+    grouped = [name for names in groups.values() for name in names]
+    assert sorted(grouped) == sorted(name for name, _ in model.named_parameters())
+    assert len(groups) > 3  # stem, blocks in order, and the rest
