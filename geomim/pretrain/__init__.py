@@ -5,7 +5,7 @@ from geomim.pretrain.convert import official_pretrain_to_geomim, pretrain_checkp
 from geomim.pretrain.decoder import DecoderConfig, GeoMIMDecoder
 from geomim.pretrain.masking import complementary_masks
 from geomim.pretrain.model import GeoMIMPretrainer, PretrainConfig, PretrainOutput
-from geomim.pretrain.teacher import HistogramTeacher
+from geomim.pretrain.teacher import HistogramTeacher, ModuleTeacher, Teacher, TeacherMeta
 from geomim.pretrain.view_transform import DepthLSS, ViewTransformConfig
 
 __all__ = [
@@ -15,8 +15,11 @@ __all__ = [
     "GeoMIMDecoder",
     "GeoMIMPretrainer",
     "HistogramTeacher",
+    "ModuleTeacher",
     "PretrainConfig",
     "PretrainOutput",
+    "Teacher",
+    "TeacherMeta",
     "ViewTransformConfig",
     "complementary_masks",
     "official_pretrain_to_geomim",

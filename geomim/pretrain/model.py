@@ -19,6 +19,7 @@ from geomim.pretrain.losses import (
     reconstruction_loss,
 )
 from geomim.pretrain.masking import complementary_masks
+from geomim.pretrain.teacher import Teacher, TeacherMeta
 from geomim.pretrain.view_transform import DepthLSS, ViewTransformConfig, ViewTransformOutput
 
 
@@ -61,23 +62,23 @@ class PretrainOutput:
 class GeoMIMPretrainer(nn.Module):
     """Every piece of the method between a `MultiViewBatch` and its losses.
 
-    `teacher` is any frozen module mapping the batch's LiDAR points (a list of (P, 5) tensors)
-    to a (B, C, X, Y) BEV map the size of the view transform's output.
+    `teacher` maps the batch's LiDAR points (a list of (P, 5) tensors) to a (B, C, X, Y) BEV map
+    the size of the view transform's output (a `Teacher`; wrap any module with `ModuleTeacher`).
     """
 
-    def __init__(self, config: PretrainConfig, teacher: nn.Module) -> None:
+    def __init__(self, config: PretrainConfig, teacher: Teacher) -> None:
         super().__init__()
         self.config = config
         encoder = timm.create_model(config.encoder)
         encoder.set_grad_checkpointing(config.grad_checkpointing)
         self.camera_branch = CameraBranch(encoder, config.num_views, config.decoder)
         self.view_transform = DepthLSS(config.view_transform)
-        self.teacher = teacher.eval().requires_grad_(False)
-
-    def train(self, mode: bool = True) -> GeoMIMPretrainer:
-        super().train(mode)
-        self.teacher.eval()  # frozen, always in eval mode
-        return self
+        if not isinstance(teacher, Teacher):
+            raise TypeError(
+                f"teacher must be a geomim Teacher, got {type(teacher).__name__}: wrap a plain "
+                "module as ModuleTeacher(module)"
+            )
+        self.teacher = teacher.eval().requires_grad_(False)  # frozen, eval whatever the mode
 
     def forward(self, batch: MultiViewBatch, group_masks: Tensor | None = None) -> PretrainOutput:
         """Losses of one batch; masks are drawn (one draw for the batch) unless given."""
@@ -95,7 +96,8 @@ class GeoMIMPretrainer(nn.Module):
             self.view_transform(semantic[g], geometry[g], cameras, batch.lidar_aug) for g in (0, 1)
         ]
         with torch.no_grad():
-            teacher = normalize_patches(self.teacher(batch.points), self.config.teacher_patch)
+            meta = TeacherMeta(batch.tokens, batch.lidar_aug)
+            teacher = normalize_patches(self.teacher(batch.points, meta), self.config.teacher_patch)
         target = depth_target(
             batch.depth_maps.flatten(0, 1),
             self.config.view_transform.stride,
