@@ -7,6 +7,7 @@ from geomim.layers.swin_block import SwinBlock
 from geomim.layers.views import fold_views, unfold_views
 from geomim.layers.window_attention import WindowAttention, relative_position_index
 from geomim.layers.windows import (
+    check_group_masks,
     group_window_mask,
     pad_to_multiple,
     window_merge,
@@ -21,6 +22,7 @@ __all__ = [
     "SwinBlock",
     "WindowAttention",
     "add_position_embedding",
+    "check_group_masks",
     "fold_views",
     "group_window_mask",
     "pad_to_multiple",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
@@ -82,12 +83,18 @@ class CrossViewAttention(Block):
         x: Tensor,
         size: tuple[int, int] | None = None,
         num_views: int | None = None,
+        key_visible: Tensor | None = None,
     ) -> Tensor:
-        """(B*N, H*W, C) with `size=(H, W)`, or (B, N, H, W, C); returns the same layout."""
+        """(B*N, H*W, C) with `size=(H, W)`, or (B, N, H, W, C); returns the same layout.
+
+        `key_visible` (B*N, H*W) bool: only these tokens are attended to (each token still sees
+        itself), as in masked pretraining where the hidden tokens' outputs are discarded.
+        """
         if x.ndim == 5:
             batch, views, height, width, channels = x.shape
             flat = x.reshape(batch * views, height * width, channels)
-            return self.forward(flat, (height, width), views).view_as(x)
+            visible = None if key_visible is None else key_visible.reshape(batch * views, -1)
+            return self.forward(flat, (height, width), views, visible).view_as(x)
         if x.ndim != 3 or size is None:
             raise ValueError(
                 "expected tokens (B*N, H*W, C) with size=(H, W), or (B, N, H, W, C); "
@@ -97,5 +104,16 @@ class CrossViewAttention(Block):
         if num_views is None:
             raise ValueError("the number of views is needed: pass num_views (constructor or call)")
         height, width = size
-        rows = super().forward(rows_across_views(x, num_views, height, width))
+        rows = rows_across_views(x, num_views, height, width)
+        attn_mask = None
+        if key_visible is not None:
+            if key_visible.shape != x.shape[:2]:
+                raise ValueError(
+                    f"expected key_visible of shape {tuple(x.shape[:2])}, "
+                    f"got {tuple(key_visible.shape)}"
+                )
+            keys = rows_across_views(key_visible[..., None], num_views, height, width)[..., 0]
+            itself = torch.eye(keys.shape[1], dtype=torch.bool, device=x.device)
+            attn_mask = (keys[:, None, :] | itself)[:, None]  # (B*H, 1, N*W, N*W)
+        rows = super().forward(rows, attn_mask=attn_mask)
         return views_from_rows(rows, num_views, height, width)

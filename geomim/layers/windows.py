@@ -33,13 +33,29 @@ def window_merge(windows: Tensor, window: int, height: int, width: int) -> Tenso
 
 
 def group_window_mask(masks: Tensor, size: tuple[int, int], window: int) -> Tensor:
-    """(num_windows, w*w, w*w) additive mask for a (H, W) token map and window `window`.
+    """Additive attention mask for a (H, W) token map and window `window`: (nW, w*w, w*w) for
+    masks (2, h, w) shared by every image, (I * nW, w*w, w*w) for masks (2, I, h, w), one pair
+    per image (window index fastest, as `window_partition` orders a batch).
 
     The stride-32 masks are nearest-resized to the unpadded map, the padding is hidden in both
     groups, and token p may attend to token q only if both are visible in one group.
     """
-    visible = 1 - F.interpolate(masks[None].float(), size=size, mode="nearest")[0]  # (2, H, W)
-    visible = pad_to_multiple(visible.permute(1, 2, 0)[None], window)  # (1, Hp, Wp, 2), pad 0
-    visible = window_partition(visible, window)  # (nW, L, 2)
-    allowed = visible @ visible.transpose(1, 2)  # (nW, L, L): v0p v0q + v1p v1q
+    per_image = masks if masks.ndim == 4 else masks[:, None]  # (2, I, h, w)
+    hidden = F.interpolate(per_image.transpose(0, 1).float(), size=size, mode="nearest")
+    visible = pad_to_multiple((1 - hidden).permute(0, 2, 3, 1), window)  # (I, Hp, Wp, 2), pad 0
+    visible = window_partition(visible, window)  # (I * nW, L, 2)
+    allowed = visible @ visible.transpose(1, 2)  # (I * nW, L, L): v0p v0q + v1p v1q
     return torch.zeros_like(allowed).masked_fill(allowed == 0, -1e30)
+
+
+def check_group_masks(masks: Tensor, images: int, image_size: tuple[int, int]) -> None:
+    """Raise unless `masks` is (2, h, w) or (2, images, h, w) on the stride-32 grid of images of
+    `image_size` (H, W)."""
+    grid = (-(-image_size[0] // 32), -(-image_size[1] // 32))
+    shapes = [(2, *grid), (2, images, *grid)]
+    if tuple(masks.shape) not in shapes:
+        raise ValueError(
+            f"expected group masks of shape {shapes[0]} (one pair per batch) or {shapes[1]} "
+            f"(one pair per image) for {images} images of {image_size[0]}x{image_size[1]}, "
+            f"got {tuple(masks.shape)}"
+        )

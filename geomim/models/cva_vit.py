@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, LayerNorm2d, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
@@ -23,6 +24,7 @@ from geomim.layers import (
     CrossViewAttention,
     PatchEmbed,
     add_position_embedding,
+    check_group_masks,
     fold_views,
     unfold_views,
 )
@@ -144,6 +146,70 @@ class GeoMIMViT(MultiViewBackbone):
     # ----------------------------------------------------------------------------- forward
     def encode(self, images: Tensor) -> tuple[Tensor, int | None]:
         """Images -> the normalised stride-16 map (B*N, C, H/16, W/16), and N if 5D input."""
+        x, (grid_h, grid_w), num_views, views_given = self._embed(images)
+        for i, block in enumerate(self.blocks):
+            x = self._run(block, x)
+            if str(i) in self.cva:
+                x = self._run(self.cva[str(i)], x, (grid_h, grid_w), num_views)
+        x = self.norm(x).view(x.shape[0], grid_h, grid_w, -1)
+        return x.permute(0, 3, 1, 2).contiguous(), views_given
+
+    def masked_feature_info(self) -> dict:
+        """What `forward_masked` returns: channels of its stride-16 and stride-32 maps, and the
+        head count a decoder block at the stride-16 width should use."""
+        return dict(
+            channels=(self.num_features, self.num_features),
+            num_heads=self.blocks[0].attn.num_heads,
+        )
+
+    def forward_masked(self, images: Tensor, group_masks: Tensor) -> list[Tensor]:
+        """Masked pretraining, MAE-style: each complementary group's visible tokens run through
+        the blocks without the hidden ones (attention costs about half a full pass), and the
+        cross-view blocks attend only to the group's visible tokens.
+
+        `group_masks` (2, H/32, W/32) or (2, B*N, H/32, W/32), 1 = hidden; H and W multiples of
+        32. Returns the normalised stride-16 map of both groups' tokens (B*N, C, H/16, W/16) and
+        its 2x2 max-pool (B*N, C, H/32, W/32): every pooled cell lies in one mask cell, so
+        neither group's outputs see the other's pixels.
+        """
+        height, width = images.shape[-2:]
+        if height % 32 or width % 32:
+            raise ValueError(
+                f"the masked mode needs image sides that are multiples of 32, got {height}x{width}"
+            )
+        x, size, num_views, _ = self._embed(images)  # (I, L, C)
+        check_group_masks(group_masks, x.shape[0], (height, width))
+        per_image = group_masks if group_masks.ndim == 4 else group_masks[:, None]
+        hidden = F.interpolate(per_image.float(), size=size, mode="nearest")  # (2, 1 or I, h, w)
+        visible = (hidden == 0).flatten(2).expand(2, x.shape[0], -1)  # (2, I, L)
+        merged = torch.zeros_like(x)
+        for group in visible:
+            merged = merged + self._encode_visible(x, group, size, num_views)
+        merged = merged.view(x.shape[0], *size, -1).permute(0, 3, 1, 2).contiguous()
+        return [merged, F.max_pool2d(merged, 2)]
+
+    def _encode_visible(
+        self, x: Tensor, visible: Tensor, size: tuple[int, int], num_views: int
+    ) -> Tensor:
+        """Run the tokens where `visible` (I, L) through the encoder without the others; return
+        the normalised outputs in place, zeros where hidden: (I, L, C)."""
+        counts = visible.sum(dim=1)
+        if not torch.all(counts == counts[0]):
+            raise ValueError(f"every image needs as many visible tokens, got {counts.tolist()}")
+        order = visible.to(torch.uint8).argsort(dim=1, descending=True, stable=True)
+        index = order[:, : int(counts[0]), None].expand(-1, -1, x.shape[-1])  # (I, L_v, C)
+        tokens = x.gather(1, index)
+        for i, block in enumerate(self.blocks):
+            tokens = self._run(block, tokens)
+            if str(i) in self.cva:  # rows across views need the full grid: scatter, attend, gather
+                full = torch.zeros_like(x).scatter(1, index, tokens)
+                full = self._run(self.cva[str(i)], full, size, num_views, visible)
+                tokens = full.gather(1, index)
+        return torch.zeros_like(x).scatter(1, index, self.norm(tokens))
+
+    def _embed(self, images: Tensor) -> tuple[Tensor, tuple[int, int], int, int | None]:
+        """Images -> tokens (B*N, h*w, C) with position and camera embeddings, the grid (h, w),
+        the rig size N, and N if the input was 5D."""
         images, views_given = fold_views(images, self.in_chans)
         num_views = views_given or self.num_views
         if views_given is not None and views_given != self.num_views:
@@ -162,12 +228,7 @@ class GeoMIMViT(MultiViewBackbone):
         batch_views, grid_h, grid_w, channels = x.shape
         views = self.view_embed.repeat(batch_views // num_views, 1)  # camera n of each sample
         x = (x + views[:, None, None, :]).view(batch_views, grid_h * grid_w, channels)
-        for i, block in enumerate(self.blocks):
-            x = self._run(block, x)
-            if str(i) in self.cva:
-                x = self._run(self.cva[str(i)], x, (grid_h, grid_w), num_views)
-        x = self.norm(x).view(batch_views, grid_h, grid_w, channels)
-        return x.permute(0, 3, 1, 2).contiguous(), views_given
+        return x, (grid_h, grid_w), num_views, views_given
 
     def _run(self, module: nn.Module, x: Tensor, *args) -> Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():

@@ -24,6 +24,7 @@ from geomim.layers import (
     SwinBlock,
     WindowAttention,
     add_position_embedding,
+    check_group_masks,
     fold_views,
     group_window_mask,
     unfold_views,
@@ -249,15 +250,26 @@ class GeoMIMSwin(MultiViewBackbone):
             return intermediates
         return final, intermediates
 
+    def masked_feature_info(self) -> dict:
+        """What `forward_masked` returns: channels of its stride-16 and stride-32 maps, and the
+        head count a decoder block at the stride-16 width should use."""
+        stage = self.stages[2]
+        return dict(
+            channels=(self.feature_info[2]["num_chs"], self.feature_info[3]["num_chs"]),
+            num_heads=stage.blocks[0].attn.num_heads,
+        )
+
     def forward_masked(self, images: Tensor, group_masks: Tensor) -> list[Tensor]:
         """Masked pretraining: both complementary groups in one pass, every window attention
-        restricted to its group. `group_masks` (2, H/32, W/32), 1 = hidden. Returns stages 2 and 3
-        (normalised), like the official pretraining encoder."""
+        restricted to its group. `group_masks` (2, H/32, W/32) for every image or (2, B*N, H/32,
+        W/32) one pair per image, 1 = hidden. Returns stages 2 and 3 (normalised), like the
+        official pretraining encoder."""
         if self.has_cva:
             raise ValueError(
                 "cross-view blocks would mix the mask groups: build without cva_stages"
             )
         images, num_views = self._fold(images)
+        check_group_masks(group_masks, images.shape[0], images.shape[-2:])
         _, outputs = self._run_stages(images, num_views, [2, 3], 3, group_masks)
         return outputs
 

@@ -1,29 +1,45 @@
-"""The pretraining camera branch: the Swin encoder on complementary masks, then the decoder."""
+"""The pretraining camera branch: the encoder on complementary masks, then the decoder.
+
+The encoder is any backbone with `forward_masked(images, group_masks) -> [c4, c5]` (stride-16 and
+stride-32 maps of both groups' tokens) and `masked_feature_info()`: GeoMIM Swin (window attention
+restricted to each group) or CVA-ViT (each group's visible tokens only, MAE-style).
+"""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
+from geomim.models.cva_vit import GeoMIMViT
 from geomim.models.swin import GeoMIMSwin
 from geomim.pretrain.camera import camera_vector
 from geomim.pretrain.decoder import DecoderConfig, GeoMIMDecoder
 
 
 class CameraBranch(nn.Module):
-    """Masked multi-view encoder + two-branch decoder (the official `SwinTransformerBEV`)."""
+    """Masked multi-view encoder + two-branch decoder (with Swin: the official
+    `SwinTransformerBEV`)."""
 
     def __init__(
-        self, encoder: GeoMIMSwin, num_views: int = 6, decoder: DecoderConfig | None = None
+        self,
+        encoder: GeoMIMSwin | GeoMIMViT,
+        num_views: int = 6,
+        decoder: DecoderConfig | None = None,
     ) -> None:
         super().__init__()
+        if not hasattr(encoder, "forward_masked"):
+            raise TypeError(
+                f"{type(encoder).__name__} has no masked mode: use a GeoMIM Swin or CVA-ViT encoder"
+            )
         self.num_views = num_views
         self.encoder = encoder
-        stage = encoder.stages[2]
+        info = encoder.masked_feature_info()
+        c4_dim, c5_dim = info["channels"]
         self.decoder = GeoMIMDecoder(
-            encoder_dim=encoder.feature_info[2]["num_chs"],
-            smooth_heads=stage.blocks[0].attn.num_heads,
+            encoder_dim=c4_dim,
+            smooth_heads=info["num_heads"],
             num_views=num_views,
             config=decoder or DecoderConfig(),
+            c5_dim=c5_dim,
         )
 
     def forward(
@@ -34,8 +50,9 @@ class CameraBranch(nn.Module):
         camera_to_ego: Tensor,
         group_masks: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """images (B, N, 3, H, W), matrices (B, N, 4, 4), masks (2, H/32, W/32) (1 = hidden) ->
-        semantic and geometry maps, each (2*B*N, D, H/16, W/16): rows [0, B*N) group 0."""
+        """images (B, N, 3, H, W), matrices (B, N, 4, 4), masks (2, H/32, W/32) or (2, B*N, H/32,
+        W/32) (1 = hidden) -> semantic and geometry maps, each (2*B*N, D, H/16, W/16): rows
+        [0, B*N) group 0."""
         if images.ndim != 5 or images.shape[1] != self.num_views:
             raise ValueError(
                 f"expected images (B, {self.num_views}, 3, H, W), got {tuple(images.shape)}"

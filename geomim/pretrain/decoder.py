@@ -48,7 +48,12 @@ class GeoMIMDecoder(nn.Module):
     """Decodes the masked encoder's stride-16/32 outputs into semantic and geometry maps."""
 
     def __init__(
-        self, encoder_dim: int, smooth_heads: int, num_views: int, config: DecoderConfig
+        self,
+        encoder_dim: int,
+        smooth_heads: int,
+        num_views: int,
+        config: DecoderConfig,
+        c5_dim: int | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= config.geometry_tap < config.semantic_depth:
@@ -59,7 +64,8 @@ class GeoMIMDecoder(nn.Module):
         self.config = config
         self.num_views = num_views
         width, heads = config.width, config.heads
-        self.top_down = nn.Linear(2 * encoder_dim, encoder_dim)  # c5 (8C) -> c4 (4C) width
+        # c5 -> c4 width (Swin: 8C -> 4C)
+        self.top_down = nn.Linear(c5_dim or 2 * encoder_dim, encoder_dim)
         self.smooth = SwinBlock(encoder_dim, smooth_heads, config.smooth_window)
         self.smooth_norm = nn.LayerNorm(encoder_dim)
         self.embed = nn.Linear(encoder_dim, width)
@@ -96,8 +102,9 @@ class GeoMIMDecoder(nn.Module):
     def forward(
         self, c4: Tensor, c5: Tensor, group_masks: Tensor, camera_vectors: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """c4 (B*N, 4C, h, w), c5 (B*N, 8C, h/2, w/2), masks (2, H/32, W/32), camera vectors
-        (B*N, 22) -> semantic and geometry maps, each (2*B*N, D, h, w), group-major."""
+        """c4 (B*N, 4C, h, w), c5 (B*N, 8C, h/2, w/2), masks (2, H/32, W/32) or (2, B*N, H/32,
+        W/32), camera vectors (B*N, 22) -> semantic and geometry maps, each (2*B*N, D, h, w),
+        group-major."""
         images, _, height, width = c4.shape
         c5 = self.top_down(c5.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         fused = F.interpolate(c5, size=(height, width), mode="nearest") + c4
@@ -105,8 +112,9 @@ class GeoMIMDecoder(nn.Module):
         tokens = self.smooth(fused.permute(0, 2, 3, 1), window_mask)  # (B*N, h, w, 4C)
         tokens = self.embed(self.smooth_norm(tokens))  # (B*N, h, w, D)
 
-        hidden = F.interpolate(group_masks[None].float(), size=(height, width), mode="nearest")
-        hidden = hidden[0, :, None, :, :, None]  # (2, 1, h, w, 1)
+        per_image = group_masks if group_masks.ndim == 4 else group_masks[:, None]
+        hidden = F.interpolate(per_image.float(), size=(height, width), mode="nearest")
+        hidden = hidden[..., None]  # (2, 1 or B*N, h, w, 1)
         groups = tokens[None] * (1 - hidden) + self.mask_token * hidden  # (2, B*N, h, w, D)
         x = add_position_embedding(groups.flatten(0, 1), self.pos_embed)  # (2*B*N, h, w, D)
         x = x.flatten(1, 2)  # (2*B*N, h*w, D)

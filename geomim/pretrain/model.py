@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import timm
@@ -18,7 +17,7 @@ from geomim.pretrain.losses import (
     normalize_patches,
     reconstruction_loss,
 )
-from geomim.pretrain.masking import complementary_masks
+from geomim.pretrain.masking import MASK_DRAWS, draw_group_masks
 from geomim.pretrain.teacher import Teacher, TeacherMeta
 from geomim.pretrain.view_transform import DepthLSS, ViewTransformConfig, ViewTransformOutput
 
@@ -27,9 +26,11 @@ from geomim.pretrain.view_transform import DepthLSS, ViewTransformConfig, ViewTr
 class PretrainConfig:
     """Defaults are the official recipe (Swin-B, 6 cameras, 256 x 704, 18-cell teacher patches)."""
 
-    encoder: str = "geomim_base"
+    encoder: str = "geomim_base"  # any GeoMIM Swin or CVA-ViT name (geomim_vit_base, ...)
+    encoder_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model
     num_views: int = 6
     mask_ratio: float = 0.5
+    mask_draw: str = "batch"  # official: one draw per batch; or "sample", "image"
     teacher_patch: int = 18
     depth_loss_weight: float = 0.01
     # Recompute encoder activations in backward: base fp32 peaks at 9.6 GiB instead of 15.9 GiB
@@ -39,6 +40,10 @@ class PretrainConfig:
     view_transform: ViewTransformConfig = field(default_factory=ViewTransformConfig)
 
     def __post_init__(self) -> None:
+        if self.mask_draw not in MASK_DRAWS:
+            raise ValueError(f"mask_draw must be one of {MASK_DRAWS}, got {self.mask_draw!r}")
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError(f"mask_ratio must lie in (0, 1), got {self.mask_ratio}")
         if self.view_transform.num_views != self.num_views:
             raise ValueError(
                 f"view_transform.num_views {self.view_transform.num_views} must equal "
@@ -56,7 +61,7 @@ class PretrainOutput:
     losses: dict[str, Tensor]  # "reconstruction", "depth", "total"
     predictions: list[ViewTransformOutput]  # one per mask group
     teacher: Tensor  # (B, C, X, Y) the normalised teacher map
-    group_masks: Tensor  # (2, H/32, W/32), 1 = hidden in that group
+    group_masks: Tensor  # (2, H/32, W/32) or (2, B*N, H/32, W/32), 1 = hidden in that group
 
 
 class GeoMIMPretrainer(nn.Module):
@@ -69,7 +74,9 @@ class GeoMIMPretrainer(nn.Module):
     def __init__(self, config: PretrainConfig, teacher: Teacher) -> None:
         super().__init__()
         self.config = config
-        encoder = timm.create_model(config.encoder)
+        encoder = timm.create_model(
+            config.encoder, **{"num_views": config.num_views, **config.encoder_kwargs}
+        )
         encoder.set_grad_checkpointing(config.grad_checkpointing)
         self.camera_branch = CameraBranch(encoder, config.num_views, config.decoder)
         self.view_transform = DepthLSS(config.view_transform)
@@ -81,11 +88,10 @@ class GeoMIMPretrainer(nn.Module):
         self.teacher = teacher.eval().requires_grad_(False)  # frozen, eval whatever the mode
 
     def forward(self, batch: MultiViewBatch, group_masks: Tensor | None = None) -> PretrainOutput:
-        """Losses of one batch; masks are drawn (one draw for the batch) unless given."""
+        """Losses of one batch; masks are drawn as `config.mask_draw` says unless given."""
         images = batch.images  # (B, N, 3, H, W)
         if group_masks is None:
-            grid = (math.ceil(images.shape[-2] / 32), math.ceil(images.shape[-1] / 32))
-            group_masks = complementary_masks(grid, self.config.mask_ratio, device=images.device)
+            group_masks = draw_group_masks(images, self.config.mask_ratio, self.config.mask_draw)
         cameras = batch.cameras
         semantic, geometry = self.camera_branch(
             images, cameras.intrinsics, cameras.image_aug, cameras.camera_to_ego, group_masks

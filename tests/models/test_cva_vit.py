@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 import geomim  # noqa: F401
 from geomim.checkpoints import CheckpointError, save_safetensors_atomic
 from geomim.models import GeoMIMViT
+from geomim.pretrain.masking import complementary_masks
 
 
 def tiny_vit(**kwargs) -> GeoMIMViT:
@@ -161,3 +164,57 @@ def test_pretrained_without_weights_says_how_to_get_them(hf_cache):
         FileNotFoundError, match=r"(?s)no pretrained weights.*checkpoint of your own"
     ):
         timm.create_model("geomim_vit_small", pretrained=True)
+
+
+def group_attention_reference(model: GeoMIMViT, images: Tensor, masks: Tensor) -> Tensor:
+    """The masked mode written as full-length attention restricted to each group's tokens."""
+    x, size, num_views, _ = model._embed(images)
+    hidden = F.interpolate(masks[:, None].float(), size=size, mode="nearest").flatten(1)
+    merged = torch.zeros_like(x)
+    for group_hidden in hidden:  # (L,)
+        visible = (group_hidden == 0).expand(x.shape[0], -1)  # (I, L)
+        same_group = visible[:, :, None] & visible[:, None, :]
+        itself = torch.eye(x.shape[1], dtype=torch.bool)
+        tokens = x
+        for i, block in enumerate(model.blocks):
+            tokens = block(tokens, attn_mask=(same_group | itself)[:, None])
+            if str(i) in model.cva:
+                tokens = model.cva[str(i)](tokens, size, num_views, visible)
+        merged = merged + model.norm(tokens) * visible[..., None]
+    return merged.view(x.shape[0], *size, -1).permute(0, 3, 1, 2)
+
+
+def test_masked_mode_equals_attention_restricted_to_each_group():
+    model = tiny_vit()
+    masks = complementary_masks((2, 3), generator=torch.Generator().manual_seed(0))
+    images = torch.randn(1, 3, 3, 64, 96)
+    with torch.no_grad():
+        c4, c5 = model.forward_masked(images, masks)
+        expected = group_attention_reference(model, images.flatten(0, 1), masks)
+    assert c4.shape == (3, 64, 4, 6) and c5.shape == (3, 64, 2, 3)
+    torch.testing.assert_close(c4, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(c5, F.max_pool2d(expected, 2), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("count", [None, 3], ids=["per-batch", "per-image"])
+def test_masked_mode_hides_each_groups_pixels_from_the_other(count):
+    model = tiny_vit()
+    masks = complementary_masks((2, 3), generator=torch.Generator().manual_seed(1), count=count)
+    per_image = masks if count else masks[:, None].expand(2, 3, 2, 3)
+    images = torch.randn(3, 3, 64, 96)
+    perturbed = images.clone()
+    for image in range(3):
+        hidden = per_image[0, image].repeat_interleave(32, 0).repeat_interleave(32, 1).bool()
+        perturbed[image, :, hidden] += 5 * torch.randn_like(perturbed[image, :, hidden])
+    with torch.no_grad():
+        before = model.forward_masked(images, masks)
+        after = model.forward_masked(perturbed, masks)
+    for first, second in zip(before, after, strict=True):
+        visible = 1 - F.interpolate(per_image[0][:, None], size=first.shape[-2:])
+        torch.testing.assert_close(first * visible, second * visible, atol=1e-5, rtol=0)
+        assert not torch.allclose(first, second)
+
+
+def test_masked_mode_needs_sides_in_whole_mask_cells():
+    with pytest.raises(ValueError, match="multiples of 32, got 48x96"):
+        tiny_vit().forward_masked(torch.randn(3, 3, 48, 96), torch.zeros(2, 2, 3))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import timm
 import torch
 
 import geomim  # noqa: F401
-from geomim.pretrain.masking import complementary_masks, group_window_mask
+from geomim.pretrain.masking import complementary_masks, draw_group_masks, group_window_mask
 
 
 def test_masks_are_complementary_and_split_by_ratio():
@@ -47,3 +48,56 @@ def test_hidden_pixels_never_reach_the_other_group():
         visible = 1 - torch.nn.functional.interpolate(masks[None, :1], size=first.shape[-2:])[0, 0]
         torch.testing.assert_close(first * visible, second * visible, atol=1e-5, rtol=0)
         assert not torch.allclose(first, second)  # the other group did see the change
+
+
+def test_draws_per_sample_share_a_rig_and_per_image_draws_differ():
+    images = torch.zeros(2, 3, 3, 64, 96)  # B = 2 samples of 3 cameras, grid 2 x 3
+    generator = torch.Generator().manual_seed(0)
+    assert draw_group_masks(images, generator=generator).shape == (2, 2, 3)
+    per_sample = draw_group_masks(images, draw="sample", generator=generator)
+    assert per_sample.shape == (2, 6, 2, 3)
+    assert torch.equal(per_sample[:, 0], per_sample[:, 2])  # cameras of sample 0
+    assert torch.equal(per_sample.sum(0), torch.ones(6, 2, 3))  # complementary
+    per_image = draw_group_masks(images, draw="image", generator=torch.Generator().manual_seed(1))
+    assert per_image.shape == (2, 6, 2, 3) and per_image[1].flatten(1).sum(1).eq(3).all()
+    assert len({tuple(m.flatten().tolist()) for m in per_image[0]}) > 1
+    with pytest.raises(ValueError, match="mask draw must be one of"):
+        draw_group_masks(images, draw="pixel")
+
+
+def test_per_image_window_masks_follow_each_image():
+    masks = complementary_masks((2, 2), generator=torch.Generator().manual_seed(0), count=3)
+    per_image = group_window_mask(masks, (4, 4), window=2)  # 4 windows per image
+    assert per_image.shape == (12, 4, 4)
+    for image in range(3):
+        shared = group_window_mask(masks[:, image], (4, 4), window=2)
+        assert torch.equal(per_image[4 * image : 4 * image + 4], shared)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fast", "reference"])
+def test_per_image_masks_isolate_groups_in_every_image_and_match_shared_ones(fused):
+    torch.manual_seed(0)
+    encoder = timm.create_model("geomim_test").eval()
+    encoder.set_fused_attn(fused)
+    masks = complementary_masks((2, 4), generator=torch.Generator().manual_seed(3), count=2)
+    images = torch.randn(2, 3, 64, 128)
+    perturbed = images.clone()
+    for image in range(2):
+        hidden = masks[0, image].repeat_interleave(32, 0).repeat_interleave(32, 1).bool()
+        perturbed[image, :, hidden] += 5 * torch.randn_like(perturbed[image, :, hidden])
+    with torch.no_grad():
+        before = encoder.forward_masked(images, masks)
+        after = encoder.forward_masked(perturbed, masks)
+        alone = [encoder.forward_masked(images[i : i + 1], masks[:, i]) for i in range(2)]
+    for level, (first, second) in enumerate(zip(before, after, strict=True)):
+        visible = 1 - torch.nn.functional.interpolate(masks[0][:, None], size=first.shape[-2:])
+        torch.testing.assert_close(first * visible, second * visible, atol=1e-5, rtol=0)
+        assert not torch.allclose(first, second)
+        shared = torch.cat([outputs[level] for outputs in alone])
+        torch.testing.assert_close(first, shared, atol=1e-5, rtol=0)
+
+
+def test_wrongly_shaped_masks_are_an_error_naming_both_layouts():
+    encoder = timm.create_model("geomim_test")
+    with pytest.raises(ValueError, match=r"\(2, 2, 4\) \(one pair per batch\) or \(2, 2, 2, 4\)"):
+        encoder.forward_masked(torch.randn(2, 3, 64, 128), torch.zeros(2, 3, 2, 4))

@@ -17,11 +17,9 @@ from geomim.pretrain.view_transform import ViewTransformConfig
 BOUND = (-51.2, 51.2, 1.6)  # 64 cells, 32 after the downsample
 
 
-def tiny_config(depth_loss_weight: float = 0.01) -> PretrainConfig:
+def tiny_config(**overrides) -> PretrainConfig:
     return PretrainConfig(
-        encoder="geomim_test",
-        teacher_patch=8,
-        depth_loss_weight=depth_loss_weight,
+        **{"encoder": "geomim_test", "teacher_patch": 8, **overrides},
         decoder=DecoderConfig(
             width=32, heads=2, semantic_depth=4, geometry_tap=1, geometry_depth=2
         ),
@@ -109,3 +107,32 @@ def test_tiny_pretrainer_overfits_one_batch_and_learns_depth(batch):
     predicted_bin = (probabilities * torch.arange(depth.shape[1])).sum(1)
     constant_error = (true_bin.median() - true_bin).abs().mean()
     assert (predicted_bin - true_bin).abs().mean() < constant_error
+
+
+@pytest.mark.parametrize("draw", ["sample", "image"])
+def test_masks_drawn_per_sample_or_image_train_end_to_end(batch, draw):
+    model = pretrainer(mask_draw=draw).train()
+    output = model(batch)
+    assert output.group_masks.shape == (2, 6, 4, 11)
+    assert torch.equal(output.group_masks.sum(0), torch.ones(6, 4, 11))
+    output.losses["total"].backward()
+    assert model.camera_branch.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_a_cva_vit_encoder_pretrains_on_visible_tokens_only(batch):
+    vit = dict(embed_dim=64, depth=2, num_heads=4, cva_blocks=(1,))
+    model = pretrainer(encoder="geomim_vit_small", encoder_kwargs=vit).train()
+    assert model.camera_branch.encoder.view_embed.shape == (6, 64)
+    output = model(batch)
+    assert output.predictions[0].prediction.shape == (1, 8, 32, 32)
+    output.losses["total"].backward()
+    encoder = model.camera_branch.encoder
+    assert encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert encoder.cva["1"].attn.proj.weight.grad.abs().sum() > 0  # zero-initialised: proj first
+
+
+def test_unknown_mask_draws_and_ratios_are_errors():
+    with pytest.raises(ValueError, match="mask_draw must be one of"):
+        tiny_config(mask_draw="pixel")
+    with pytest.raises(ValueError, match=r"mask_ratio must lie in \(0, 1\), got 1.0"):
+        tiny_config(mask_ratio=1.0)
