@@ -94,6 +94,7 @@ class NuScenesMultiView(Dataset):
                 f"cameras must be a non-empty subset of {CAMERAS}, got {list(cameras)}"
             )
         self.dataroot = Path(dataroot)
+        self.version = version
         self.cameras = tuple(cameras)
         self.train = train
         self.image_size = image_size
@@ -133,6 +134,15 @@ class NuScenesMultiView(Dataset):
                 self.skipped.add(entry["token"])
                 self._report_skipped(str(error))
         raise RuntimeError(f"every sample of {self.dataroot} failed to load")
+
+    def sample_points(self, index: int) -> tuple[str, Tensor]:
+        """Sample `index`'s token and LiDAR points, not augmented, range-filtered: (P, 5); the
+        sweeps (where more are stored than used) drawn by a generator seeded with `seed` and
+        `index`, so a teacher-feature cache is reproducible."""
+        entry = self.index.entry(index)
+        rng = np.random.default_rng([self.seed, 0, index, 1])
+        points = _in_range(self._read_points(entry, rng), self.points.point_range)
+        return entry["token"], torch.from_numpy(points)
 
     # ----------------------------------------------------------------------------- loading
     def _load(self, entry: dict, rng: np.random.Generator) -> dict:

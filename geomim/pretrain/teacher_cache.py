@@ -1,0 +1,238 @@
+"""A teacher-feature cache: run the frozen teacher once over a dataset, serve its maps after.
+
+Layout of a cache folder:
+    manifest.json                 format, the teacher's identity, the data source, map dtype,
+                                  and the sample tokens of every shard (written first)
+    shard-00000.safetensors ...   one file per `shard_size` samples, each written atomically:
+                                  per token, the map's non-empty cells `{token}.cells` (K,) int32
+                                  (flat x * Y + y) and their features `{token}.features` (K, C)
+
+A shard on disk is complete (temporary file + rename), so an interrupted run resumes by skipping
+the shards that exist. Maps are those of the points without augmentation; `CachedTeacher` applies
+each sample's LiDAR flips to the cached map (flipping cell indices about the grid centre, which
+assumes a BEV range centred on the LiDAR, as the official +-54 m is). The teacher's random
+choices at caching time (which sweeps) are then fixed for every epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from geomim.checkpoints import save_safetensors_atomic, write_atomic
+from geomim.data.nuscenes import NuScenesMultiView
+from geomim.pretrain.teacher import Teacher, TeacherMeta, teacher_meta
+
+CACHE_FORMAT = 1
+MANIFEST = "manifest.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class CacheMismatchError(ValueError):
+    """A cache made with another teacher, data source or layout than the run asks for."""
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+def build_manifest(
+    teacher: Teacher, source: dict, tokens: Sequence[str], shard_size: int, dtype: str
+) -> dict:
+    """The manifest of a cache of `teacher` over `tokens` from `source` (a JSON-ready dict)."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    if len(set(tokens)) != len(tokens):
+        raise ValueError("sample tokens must be unique")
+    shards = [list(tokens[i : i + shard_size]) for i in range(0, len(tokens), shard_size)]
+    return {
+        "format": CACHE_FORMAT,
+        "teacher": teacher.identity(),
+        "source": source,
+        "dtype": dtype,
+        "shard_size": shard_size,
+        "shards": shards,
+    }
+
+
+def write_teacher_cache(
+    teacher: Teacher,
+    tokens: Sequence[str],
+    load_points: Callable[[int], Tensor],
+    out_dir: str | os.PathLike,
+    source: dict,
+    shard_size: int = 64,
+    dtype: str = "float32",
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Cache `teacher`'s map of every sample: `tokens[i]` names sample i, `load_points(i)` gives
+    its (P, 5) points without augmentation. Resumes a partial cache made with the same teacher,
+    source and layout (skipping finished shards); refuses any other."""
+    out_dir = Path(out_dir)
+    manifest = build_manifest(teacher, source, list(tokens), shard_size, dtype)
+    manifest_path = out_dir / MANIFEST
+    if manifest_path.exists():
+        _check_same(json.loads(manifest_path.read_text()), manifest, out_dir)
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(manifest, indent=1)
+        write_atomic(manifest_path, lambda temp: Path(temp).write_text(text))
+    for stale in out_dir.glob(".shard-*.tmp"):  # left by a run killed mid-write
+        stale.unlink()
+
+    teacher = teacher.to(device)
+    done = {i for i in range(len(manifest["shards"])) if (out_dir / shard_name(i)).exists()}
+    total = len(tokens)
+    finished = sum(len(manifest["shards"][i]) for i in done)
+    position = 0
+    with tqdm(
+        total=total, initial=finished, desc="teacher cache", unit="sample", disable=not progress
+    ) as bar:
+        for index, shard_tokens in enumerate(manifest["shards"]):
+            start, position = position, position + len(shard_tokens)
+            if index in done:
+                continue
+            tensors = {}
+            for offset, token in enumerate(shard_tokens):
+                points = load_points(start + offset).to(device)
+                bev = teacher([points], teacher_meta([token]))[0]
+                tensors.update(_sparse(token, bev.to(DTYPES[dtype])))
+                bar.update()
+            metadata = {"map_shape": ",".join(str(n) for n in bev.shape)}
+            save_safetensors_atomic(tensors, out_dir / shard_name(index), metadata)
+    return out_dir
+
+
+class CachedTeacher(Teacher):
+    """Serves the maps a `write_teacher_cache` run stored, flipped as each sample's LiDAR was.
+
+    `expect_teacher`: the identity of the teacher the run would otherwise use
+    (`teacher.identity()`); `expect_source`: the run's data source (`points_source(dataset)`).
+    A cache made with anything else is refused with the differing fields named.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        expect_teacher: dict | None = None,
+        expect_source: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.cache_dir = Path(cache_dir)
+        manifest_path = self.cache_dir / MANIFEST
+        if not manifest_path.exists():
+            raise FileNotFoundError(
+                f"no teacher cache at {self.cache_dir} ({MANIFEST} missing): make one with "
+                "`python -m geomim.teacher cache DATAROOT OUT --teacher ...`"
+            )
+        self.manifest = json.loads(manifest_path.read_text())
+        if self.manifest.get("format") != CACHE_FORMAT:
+            raise CacheMismatchError(
+                f"{self.cache_dir}: cache format {self.manifest.get('format')}, expected "
+                f"{CACHE_FORMAT}"
+            )
+        wanted = {"teacher": expect_teacher, "source": expect_source}
+        keys = [key for key, value in wanted.items() if value is not None]
+        _check_same(self.manifest, wanted, self.cache_dir, keys)
+        self.shard_of = {
+            token: index for index, tokens in enumerate(self.manifest["shards"]) for token in tokens
+        }
+
+    def bev_map(self, points: list[Tensor], meta: TeacherMeta) -> Tensor:
+        maps = torch.stack([self.load(token) for token in meta.tokens])  # (B, C, X, Y)
+        device = points[0].device if points else maps.device
+        return flip_like(maps, meta.lidar_aug.cpu()).to(device)
+
+    def load(self, token: str) -> Tensor:
+        """The cached, unflipped (C, X, Y) float32 map of sample `token`."""
+        if token not in self.shard_of:
+            raise KeyError(
+                f"sample {token} is not in the teacher cache {self.cache_dir}: it was made "
+                f"from {self.manifest['source']}"
+            )
+        path = self.cache_dir / shard_name(self.shard_of[token])
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} is missing: the cache is incomplete; rerun the caching command "
+                "(it resumes where it stopped)"
+            )
+        with safe_open(path, framework="pt") as shard:
+            shape = [int(n) for n in shard.metadata()["map_shape"].split(",")]
+            cells = shard.get_tensor(f"{token}.cells").long()
+            features = shard.get_tensor(f"{token}.features").float()
+        dense = torch.zeros(shape[0], shape[1] * shape[2])
+        dense[:, cells] = features.T
+        return dense.view(shape)
+
+    def identity(self) -> dict:
+        return self.manifest["teacher"]
+
+
+def points_source(dataset: NuScenesMultiView) -> dict:
+    """What decides a dataset's teacher inputs (not where it lives or which samples it holds:
+    a missing sample is an error when asked for): version, seed and point loading."""
+    return {
+        "version": dataset.version,
+        "seed": dataset.seed,
+        "points": json.loads(json.dumps(dataclasses.asdict(dataset.points))),
+    }
+
+
+def flip_like(maps: Tensor, lidar_aug: Tensor) -> Tensor:
+    """Apply each sample's LiDAR flips ((B, 4, 4) matrices diag(+-1, +-1, 1, 1)) to (B, C, X, Y)
+    maps: a flipped x mirrors dim -2, a flipped y dim -1."""
+    flipped = []
+    for bev, matrix in zip(maps, lidar_aug, strict=True):
+        signs = matrix.diagonal()[:2]
+        expected = torch.diag(torch.tensor([*signs.tolist(), 1.0, 1.0]))
+        if not (signs.abs() == 1).all() or not torch.equal(matrix.float(), expected):
+            raise ValueError(
+                "a cached teacher map can only follow LiDAR flips (diag(+-1, +-1, 1, 1)), got "
+                f"{matrix.tolist()}"
+            )
+        dims = [dim for dim, sign in zip((-2, -1), signs.tolist(), strict=True) if sign < 0]
+        flipped.append(bev.flip(dims) if dims else bev)
+    return torch.stack(flipped)
+
+
+def _sparse(token: str, bev: Tensor) -> dict[str, Tensor]:
+    """A (C, X, Y) map as its non-empty cells and their features."""
+    flat = bev.flatten(1)  # (C, X*Y)
+    cells = (flat != 0).any(dim=0).nonzero()[:, 0]
+    return {f"{token}.cells": cells.int().cpu(), f"{token}.features": flat[:, cells].T.cpu()}
+
+
+def _check_same(
+    found: dict, wanted: dict, where: Path, keys: Sequence[str] = ("teacher", "source", "dtype")
+) -> None:
+    """Raise CacheMismatchError naming every differing field of `keys` (and the shards)."""
+    differences = [
+        f"{path}: cache has {a!r}, this run {b!r}"
+        for key in keys
+        for path, a, b in _differences(found.get(key), wanted.get(key), key)
+    ]
+    if "shards" in wanted and not differences and found.get("shards") != wanted["shards"]:
+        differences.append("the samples or their shard layout (shard_size) differ")
+    if differences:
+        raise CacheMismatchError(
+            f"the teacher cache at {where} was made differently: " + "; ".join(differences)
+        )
+
+
+def _differences(a: object, b: object, path: str) -> Iterator[tuple[str, object, object]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            yield from _differences(a.get(key), b.get(key), f"{path}.{key}")
+    elif a != b:
+        yield path, a, b

@@ -1,0 +1,85 @@
+"""Teacher command line: cache a frozen teacher's BEV maps over a nuScenes-format dataset.
+
+    python -m geomim.teacher cache DATAROOT OUT --teacher lidar --checkpoint lidar-only-det.pth
+    python -m geomim.teacher cache DATAROOT OUT --teacher histogram --version v1.0-mini --split None
+
+The cache (see `geomim.pretrain.teacher_cache`) is sharded safetensors keyed by sample token;
+rerunning the same command after an interruption finishes the missing shards only. Train with it
+through a `cache` teacher, which refuses a cache made with another teacher or data source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from geomim.data.nuscenes import NuScenesMultiView
+from geomim.pretrain.teacher import HistogramTeacher, Teacher
+from geomim.pretrain.teacher_cache import DTYPES, points_source, write_teacher_cache
+
+
+def build_cli_teacher(kind: str, checkpoint: Path | None) -> Teacher:
+    """The teacher `--teacher` names: the LiDAR teacher from a checkpoint, or the stand-in."""
+    if kind == "histogram":
+        return HistogramTeacher()
+    if checkpoint is None:
+        raise SystemExit("--teacher lidar needs --checkpoint (BEVFusion's lidar-only-det.pth)")
+    from geomim.lidar import LiDARTeacher  # needs spconv: pip install "geomim[lidar]"
+
+    return LiDARTeacher.from_checkpoint(checkpoint)
+
+
+def cache(args: argparse.Namespace) -> Path:
+    """Run the `cache` subcommand; returns the cache folder."""
+    if not args.dataroot.is_dir():
+        raise SystemExit(f"dataset folder {args.dataroot} does not exist")
+    teacher = build_cli_teacher(args.teacher, args.checkpoint)
+    split = None if args.split in ("None", "all") else args.split
+    dataset = NuScenesMultiView(args.dataroot, args.version, split=split, train=False)
+    tokens = [str(token) for token in dataset.index.tokens]
+    start = time.perf_counter()
+    out = write_teacher_cache(
+        teacher,
+        tokens,
+        lambda index: dataset.sample_points(index)[1],
+        args.out,
+        source=points_source(dataset),
+        shard_size=args.shard_size,
+        dtype=args.dtype,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(f"teacher cache of {len(tokens)} samples in {out} ({time.perf_counter() - start:.1f} s)")
+    return out
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m geomim.teacher", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("cache", help="run a frozen teacher over a dataset once")
+    run.add_argument("dataroot", type=Path, help="nuScenes-format folder (v1.0-*/, samples/)")
+    run.add_argument("out", type=Path, help="cache folder (created, or resumed)")
+    run.add_argument("--teacher", choices=["lidar", "histogram"], default="lidar")
+    run.add_argument("--checkpoint", type=Path, help="lidar: lidar-only-det.pth or converted")
+    run.add_argument("--version", default="v1.0-trainval")
+    run.add_argument("--split", default="train", help="official split name, or None for all")
+    run.add_argument("--shard-size", type=int, default=64, help="samples per shard file")
+    run.add_argument("--dtype", choices=list(DTYPES), default="float32", help="stored maps")
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.command == "cache":
+        cache(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
