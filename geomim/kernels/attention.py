@@ -1,23 +1,104 @@
-"""softmax(q k^T * d^-0.5 + bias) v for many small attention problems (Swin windows).
+"""Window attention with a relative position bias and a complementary-group mask, one dispatch
+function (`window_attention`) in front of four backends:
 
-The fast path is `F.scaled_dot_product_attention` with the bias expanded (a stride-0 view) to a
-full 4D mask: PyTorch's CPU flash kernel takes only a 4D mask, and with a (heads, L, L) one SDPA
-falls back to the unfused math path, no faster than the explicit product. On CUDA the same call
-reaches the memory-efficient kernel.
-
-The bias is either shared by every problem, (heads, L, L), or one per window, (W, heads, L, L),
-for a batch laid out (images, W) with the window index fastest (as `window_partition` orders it).
+- "reference": the official formulation: scaled q times k^T, the bias gathered from its table
+  and the mask added as full tensors, softmax, times v, then the layout copies back.
+- "sdpa" (CPU default): `F.scaled_dot_product_attention` reading q, k, v as strided views of the
+  qkv projection, the (heads, L, L) bias plus mask passed as a stride-0 expanded 4D mask:
+  PyTorch's CPU flash kernel takes only a 4D mask (with a 3D one SDPA falls back to the unfused
+  math path); on CUDA the same call reaches the memory-efficient kernel.
+- "flex": FlexAttention, compiled, the bias and the group mask as a score modification that
+  reads the table and the token groups (nothing (L, L)-sized is materialised per window). On
+  the CPU it is forward-only (FlexAttention has no CPU backward).
+- "triton" (CUDA default): the fused kernel of `triton_window_attention` (bias table and token
+  groups read inside the kernel; forward and backward).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from geomim.kernels.dispatch import choose_backend
+
+NEVER = (
+    -1e30
+)  # additive logit of a pair that may not attend (finite: a fully masked row is uniform)
+
+
+@dataclass(frozen=True)
+class WindowMask:
+    """Which tokens of each window may attend to which, in the two forms the backends read."""
+
+    groups: Tensor  # (G, L) int8: the group each token is visible in, -1 for none (padding)
+    additive: Tensor  # (G, L, L) float: 0 where both tokens share a group, NEVER elsewhere
+
+
+def window_mask_from_groups(groups: Tensor) -> WindowMask:
+    """The mask of (G, L) token groups (0 or 1; -1 visible in neither group)."""
+    same = (groups[:, :, None] == groups[:, None, :]) & (groups[:, :, None] >= 0)
+    additive = torch.zeros(same.shape, device=groups.device).masked_fill(~same, NEVER)
+    return WindowMask(groups.to(torch.int8), additive)
+
+
+def relative_bias(table: Tensor, index: Tensor) -> Tensor:
+    """(heads, L, L) bias: head h, query i, key j reads table[index[i, j], h]."""
+    tokens = index.shape[0]
+    return table[index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1)
+
+
+def window_attention(
+    qkv: Tensor,
+    table: Tensor,
+    index: Tensor,
+    mask: WindowMask | None = None,
+    backend: str | None = None,
+) -> Tensor:
+    """softmax(q k^T d^-0.5 + table[index] + mask) v for B windows of L tokens.
+
+    qkv (B, L, 3, H, D) (the qkv projection, viewed), table (R, H), index (L, L) int64, mask for
+    G windows with B % G == 0 (window index fastest) -> (B, L, H * D).
+    """
+    batch, tokens, three, heads, _ = qkv.shape
+    if three != 3 or index.shape != (tokens, tokens) or table.shape[1] != heads:
+        raise ValueError(
+            f"expected qkv (B, L, 3, H, D), index (L, L), table (R, H); got qkv "
+            f"{tuple(qkv.shape)}, index {tuple(index.shape)}, table {tuple(table.shape)}"
+        )
+    if mask is not None and (batch % mask.groups.shape[0] or mask.groups.shape[1] != tokens):
+        raise ValueError(
+            f"a mask for {tuple(mask.groups.shape)} (windows, tokens) does not fit {batch} "
+            f"windows of {tokens} tokens"
+        )
+    name = choose_backend("window_attention", qkv.device, backend)
+    if name == "reference":
+        return _official(qkv, table, index, mask)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D), strided views
+    if name == "triton":
+        from geomim.kernels.triton_window_attention import triton_window_attention
+
+        groups = None if mask is None else mask.groups
+        return triton_window_attention(q, k, v, table, index, groups).transpose(1, 2).flatten(2)
+    if name == "flex":
+        if qkv.device.type == "cpu" and torch.is_grad_enabled() and qkv.requires_grad:
+            raise NotImplementedError(
+                "window_attention backend 'flex' has no backward on the CPU (FlexAttention's "
+                "limit): use 'sdpa' for training there"
+            )
+        return _flex(q, k, v, table, index, mask).transpose(1, 2).flatten(2)
+    bias = relative_bias(table, index)
+    if mask is not None:
+        bias = bias + mask.additive[:, None]  # (G, H, L, L)
+    return attention_with_bias(q, k, v, bias)
+
 
 def attention_with_bias(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-    """(B, heads, L, d) q, k, v and an additive bias -> (B, L, heads * d)."""
+    """SDPA of (B, H, L, D) q, k, v with an additive bias, (H, L, L) shared by every problem or
+    (G, H, L, L) one per window (window index fastest) -> (B, L, H * D)."""
     batch, heads, tokens, head_dim = q.shape
     bias = _in_dtype(bias, q.dtype)
     if bias.ndim == 4:  # per window: fold the windows into the head axis, then broadcast
@@ -33,11 +114,49 @@ def attention_with_bias(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor
 
 
 def reference_attention_with_bias(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-    """The official computation: scale q, matmul, add the bias, softmax, matmul."""
+    """The explicit computation: scale q, matmul, add the bias, softmax, matmul -> (B, L, H*D)."""
     logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     bias = _in_dtype(bias, q.dtype)
     logits = (logits.view(-1, *bias.shape) + bias).view_as(logits)
     return (logits.softmax(dim=-1) @ v).transpose(1, 2).flatten(2)
+
+
+def _official(qkv: Tensor, table: Tensor, index: Tensor, mask: WindowMask | None) -> Tensor:
+    """The official Swin computation, copies included (the baseline the benchmarks compare to)."""
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    bias = relative_bias(table, index).contiguous()
+    if mask is not None:
+        bias = bias + mask.additive[:, None]
+    return reference_attention_with_bias(q, k, v, bias)
+
+
+def _flex(
+    q: Tensor, k: Tensor, v: Tensor, table: Tensor, index: Tensor, mask: WindowMask | None
+) -> Tensor:
+    """FlexAttention with the bias table and token groups read by the score modification."""
+    table = table.to(q.dtype)
+    if mask is None:
+
+        def score_mod(score, b, h, query, key):
+            return score + table[index[query, key], h]
+
+    else:
+        groups, windows = mask.groups.int(), mask.groups.shape[0]
+
+        def score_mod(score, b, h, query, key):
+            window = b % windows
+            same = groups[window, query] == groups[window, key]
+            allowed = same & (groups[window, query] >= 0)
+            return torch.where(allowed, score + table[index[query, key], h], NEVER)
+
+    return _compiled_flex_attention()(q, k, v, score_mod=score_mod)
+
+
+@cache
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def _in_dtype(bias: Tensor, dtype: torch.dtype) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from timm.layers import DropPath
 from torch import Tensor, nn
 
+from geomim.kernels.attention import WindowMask
 from geomim.layers.mlp import ChunkedMlp
 from geomim.layers.window_attention import WindowAttention
 from geomim.layers.windows import pad_to_multiple, window_merge, window_partition
@@ -35,9 +36,9 @@ class SwinBlock(nn.Module):
         self.mlp = ChunkedMlp(dim, int(dim * mlp_ratio), chunked=fused_attn)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """(B, H, W, C) -> (B, H, W, C); `mask` (nW, w*w, w*w) restricts attention in every image
-        (see `geomim.pretrain.masking.group_attention_mask`)."""
+    def forward(self, x: Tensor, mask: WindowMask | None = None) -> Tensor:
+        """(B, H, W, C) -> (B, H, W, C); `mask` restricts attention in every window (see
+        `geomim.layers.windows.group_window_mask`)."""
         _, height, width, _ = x.shape
         padded = pad_to_multiple(self.norm1(x), self.window)  # (B, Hp, Wp, C)
         windows = self.attn(window_partition(padded, self.window), mask)  # (B * nW, w*w, C)

@@ -6,7 +6,7 @@ import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-from geomim.kernels import attention_with_bias, reference_attention_with_bias
+from geomim.kernels.attention import WindowMask, relative_bias, window_attention
 
 
 def relative_position_index(window: int) -> Tensor:
@@ -20,8 +20,8 @@ def relative_position_index(window: int) -> Tensor:
 class WindowAttention(nn.Module):
     """Attention over (num_windows, window**2, C) tokens with an unscaled relative position bias.
 
-    `fused_attn=True` runs `geomim.kernels.attention_with_bias` (SDPA on GPU, cache-blocked on
-    CPU); `False` runs the explicit matmul + softmax of the official implementation.
+    `fused_attn=True` runs `geomim.kernels.window_attention` on its default backend for the
+    device (or `backend`, when set); `False` the official explicit matmul + softmax.
     """
 
     def __init__(
@@ -34,6 +34,7 @@ class WindowAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.window = window
         self.fused_attn = fused_attn
+        self.backend: str | None = None  # a `window_attention` backend, None: the default
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.relative_position_bias_table = nn.Parameter(
@@ -46,17 +47,18 @@ class WindowAttention(nn.Module):
 
     def relative_position_bias(self) -> Tensor:
         """(heads, L, L) bias added to the attention logits."""
-        tokens = self.window * self.window
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1).contiguous()
+        return relative_bias(self.relative_position_bias_table, self.relative_position_index)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """(B * nW, L, C) -> (B * nW, L, C); `mask` (nW, L, L) is added to every image's logits."""
+    def forward(self, x: Tensor, mask: WindowMask | None = None) -> Tensor:
+        """(B * nW, L, C) -> (B * nW, L, C); `mask` restricts attention in every window."""
         windows, tokens, _ = x.shape
         qkv = self.qkv(x).view(windows, tokens, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B * nW, heads, L, head_dim)
-        bias = self.relative_position_bias()  # (heads, L, L)
-        if mask is not None:
-            bias = bias + mask[:, None]  # (nW, heads, L, L)
-        attend = attention_with_bias if self.fused_attn else reference_attention_with_bias
-        return self.proj(attend(q, k, v, bias))
+        backend = self.backend if self.fused_attn else "reference"
+        attended = window_attention(
+            qkv,
+            self.relative_position_bias_table,
+            self.relative_position_index,
+            mask,
+            backend,
+        )
+        return self.proj(attended)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from geomim.kernels.attention import WindowMask, window_mask_from_groups
+
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     """Zero-pad a (B, H, W, C) map at the bottom/right so H and W are multiples of `multiple`."""
@@ -32,10 +34,10 @@ def window_merge(windows: Tensor, window: int, height: int, width: int) -> Tenso
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
 
 
-def group_window_mask(masks: Tensor, size: tuple[int, int], window: int) -> Tensor:
-    """Additive attention mask for a (H, W) token map and window `window`: (nW, w*w, w*w) for
-    masks (2, h, w) shared by every image, (I * nW, w*w, w*w) for masks (2, I, h, w), one pair
-    per image (window index fastest, as `window_partition` orders a batch).
+def group_window_mask(masks: Tensor, size: tuple[int, int], window: int) -> WindowMask:
+    """The attention mask of a (H, W) token map in windows of `window`: for masks (2, h, w)
+    shared by every image, G = nW windows; for masks (2, I, h, w), one pair per image, G = I * nW
+    (window index fastest, as `window_partition` orders a batch).
 
     The stride-32 masks are nearest-resized to the unpadded map, the padding is hidden in both
     groups, and token p may attend to token q only if both are visible in one group.
@@ -44,8 +46,8 @@ def group_window_mask(masks: Tensor, size: tuple[int, int], window: int) -> Tens
     hidden = F.interpolate(per_image.transpose(0, 1).float(), size=size, mode="nearest")
     visible = pad_to_multiple((1 - hidden).permute(0, 2, 3, 1), window)  # (I, Hp, Wp, 2), pad 0
     visible = window_partition(visible, window)  # (I * nW, L, 2)
-    allowed = visible @ visible.transpose(1, 2)  # (I * nW, L, L): v0p v0q + v1p v1q
-    return torch.zeros_like(allowed).masked_fill(allowed == 0, -1e30)
+    groups = torch.where(visible[..., 1] > 0, 1, 0).masked_fill(visible.sum(-1) == 0, -1)
+    return window_mask_from_groups(groups)
 
 
 def check_group_masks(masks: Tensor, images: int, image_size: tuple[int, int]) -> None:
@@ -58,4 +60,8 @@ def check_group_masks(masks: Tensor, images: int, image_size: tuple[int, int]) -
             f"expected group masks of shape {shapes[0]} (one pair per batch) or {shapes[1]} "
             f"(one pair per image) for {images} images of {image_size[0]}x{image_size[1]}, "
             f"got {tuple(masks.shape)}"
+        )
+    if not torch.equal(masks.sum(0), torch.ones_like(masks[0])):
+        raise ValueError(
+            "group masks must be complementary: every cell hidden (1) in exactly one group"
         )

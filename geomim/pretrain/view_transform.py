@@ -14,6 +14,7 @@ apart, most of a 0.3 m cell, and sums of hundreds of frustum features need float
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from geomim.data.batch import CameraGeometry
 from geomim.kernels.bev_pool import bev_pool
+from geomim.kernels.splat import splat
 
 Bound = tuple[float, float, float]  # (lower, upper, step)
 
@@ -144,24 +146,33 @@ class DepthLSS(nn.Module):
             points = (lidar_aug[..., :3, :3] @ points[..., None]).squeeze(-1)
             return points + lidar_aug[..., :3, 3]
 
-    def pool(self, features: Tensor, points: Tensor) -> Tensor:
-        """(B, N, D, h, w, C) features at (B, N, D, h, w, 3) points -> (B, Z * C, X, Y) sums.
+    def cells(self, points: Tensor) -> tuple[Tensor, int]:
+        """(B, N, D, h, w, 3) points -> their flat BEV cells (B*N, D, h, w) and the cell count.
 
         Cell = (p - lower bound) / step converted with `.long()`, truncating toward zero as the
         official does (so up to one cell below a lower bound still lands in cell 0); points with
-        any cell index outside the grid are dropped (sent to a spare cell, then cut off).
+        any cell index outside the grid get the spare index `num_cells` (dropped).
         """
-        batch, channels = features.shape[0], features.shape[-1]
+        batch = points.shape[0]
         size_x, size_y, size_z = self.nx.tolist()
-        cells = ((points - (self.bx - self.dx / 2.0)) / self.dx).long().view(batch, -1, 3)
-        kept = ((cells >= 0) & (cells < self.nx)).all(dim=-1)  # (B, P)
-        sample = torch.arange(batch, device=cells.device)[:, None]
+        cells = ((points - (self.bx - self.dx / 2.0)) / self.dx).long()
+        kept = ((cells >= 0) & (cells < self.nx)).all(dim=-1)  # (B, N, D, h, w)
+        sample = torch.arange(batch, device=cells.device).view(batch, 1, 1, 1, 1)
         flat = ((sample * size_z + cells[..., 2]) * size_x + cells[..., 0]) * size_y + cells[..., 1]
         num_cells = batch * size_z * size_x * size_y
-        flat = torch.where(kept, flat, num_cells).view(-1)
-        pooled = bev_pool(features.reshape(-1, channels), flat, num_cells + 1)[:-1]
-        pooled = pooled.view(batch, size_z, size_x, size_y, channels)
-        return pooled.permute(0, 1, 4, 2, 3).reshape(batch, size_z * channels, size_x, size_y)
+        return torch.where(kept, flat, num_cells).flatten(0, 1), num_cells
+
+    def to_bev(self, pooled: Tensor, batch: int) -> Tensor:
+        """(B * Z * X * Y, C) cell sums -> the (B, Z * C, X, Y) map."""
+        size_x, size_y, size_z = self.nx.tolist()
+        pooled = pooled.view(batch, size_z, size_x, size_y, -1)
+        return pooled.permute(0, 1, 4, 2, 3).reshape(batch, -1, size_x, size_y)
+
+    def pool(self, features: Tensor, points: Tensor) -> Tensor:
+        """(B, N, D, h, w, C) features at (B, N, D, h, w, 3) points -> (B, Z * C, X, Y) sums."""
+        cells, num_cells = self.cells(points)
+        flat = features.reshape(-1, features.shape[-1])
+        return self.to_bev(bev_pool(flat, cells.view(-1), num_cells + 1)[:-1], points.shape[0])
 
     def forward(
         self, semantic: Tensor, geometry: Tensor, cameras: CameraGeometry, lidar_aug: Tensor
@@ -169,17 +180,16 @@ class DepthLSS(nn.Module):
         """Decoder maps (B, N, C, h, w) of one mask group, their cameras and (B, 4, 4) LiDAR
         augmentation -> BEV map, teacher prediction and depth probabilities."""
         self._check_inputs(semantic, geometry, cameras, lidar_aug)
-        batch, views, _, rows, cols = semantic.shape
+        batch = semantic.shape[0]
         bins = self.config.depth_bins
         maps = torch.cat([geometry, semantic], dim=2).flatten(0, 1)  # (B*N, 2C, h, w)
         logits = self.depthnet(maps)  # (B*N, bins + C_ctx, h, w)
         with torch.autocast(maps.device.type, enabled=False):
-            depth = logits[:, :bins].float().softmax(dim=1)
-            context = logits[:, bins:].float()
-            # channels last, so the outer product is already the (points, C) layout pooling wants
-            features = depth[..., None] * context.permute(0, 2, 3, 1)[:, None]
-            features = features.view(batch, views, bins, rows, cols, -1)
-            bev = self.pool(features, self.frustum_points(cameras, lidar_aug))
+            depth = logits[:, :bins].float().softmax(dim=1)  # (B*N, D, h, w)
+            context = logits[:, bins:].float().permute(0, 2, 3, 1)  # (B*N, h, w, C)
+            cells, num_cells = self.cells(self.frustum_points(cameras, lidar_aug))
+            key = (self.config, geometry_key(cameras, lidar_aug))  # same geometry: same plan
+            bev = self.to_bev(splat(depth, context, cells, num_cells, key), batch)
         bev = self.downsample(bev)
         return ViewTransformOutput(bev=bev, prediction=self.prediction_head(bev), depth=depth)
 
@@ -202,3 +212,11 @@ class DepthLSS(nn.Module):
             )
         if tuple(lidar_aug.shape) != (batch, 4, 4):
             raise ValueError(f"expected lidar_aug ({batch}, 4, 4), got {tuple(lidar_aug.shape)}")
+
+
+def geometry_key(cameras: CameraGeometry, lidar_aug: Tensor) -> str:
+    """A digest of the matrices that place the frustum points (for caching pooling plans)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for matrix in (cameras.camera_to_lidar, cameras.intrinsics, cameras.image_aug, lidar_aug):
+        digest.update(matrix.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

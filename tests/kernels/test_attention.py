@@ -1,42 +1,93 @@
-"""attention_with_bias against the explicit reference, forward and backward."""
+"""window_attention: every CPU backend against the official formulation, forward and backward."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from geomim.kernels import attention_with_bias, reference_attention_with_bias
+from geomim.kernels import attention_with_bias, reference_attention_with_bias, window_attention
+from geomim.kernels.attention import window_mask_from_groups
+from geomim.layers import relative_position_index
+
+CPU_BACKENDS = ["sdpa", "flex"]
 
 
-@pytest.mark.parametrize("batch, heads, tokens, head_dim", [(5, 4, 16, 8), (2, 1, 49, 32)])
-def test_matches_reference(batch, heads, tokens, head_dim):
-    generator = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(3, batch, heads, tokens, head_dim, generator=generator).unbind(0)
-    bias = torch.randn(heads, tokens, tokens, generator=generator)
-    fast = attention_with_bias(q, k, v, bias)
-    assert fast.shape == (batch, tokens, heads * head_dim)
-    torch.testing.assert_close(
-        fast, reference_attention_with_bias(q, k, v, bias), atol=1e-5, rtol=0
-    )
+def problem(windows: int, heads: int, window: int, head_dim: int, groups: int | None, seed: int):
+    """qkv (B, L, 3, H, D), a bias table, its index and (optionally) a group mask."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = window * window
+    qkv = torch.randn(windows, tokens, 3, heads, head_dim, generator=generator)
+    table = torch.randn((2 * window - 1) ** 2, heads, generator=generator)
+    mask = None
+    if groups is not None:
+        token_groups = torch.randint(-1, 2, (groups, tokens), generator=generator)
+        token_groups[:, 0] = -1  # a padding token: attends nowhere, uniformly
+        mask = window_mask_from_groups(token_groups)
+    return qkv, table, relative_position_index(window), mask
 
 
-def test_bias_gradients_match_reference():
-    generator = torch.Generator().manual_seed(1)
-    q, k, v = torch.randn(3, 3, 2, 16, 8, generator=generator).unbind(0)
-    bias = torch.randn(2, 16, 16, generator=generator, requires_grad=True)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("groups", [None, 2, 6], ids=["no-mask", "mask-per-window", "per-image"])
+def test_backends_match_the_official_formulation(backend, groups):
+    qkv, table, index, mask = problem(6, 2, 4, 8, groups, seed=0)
+    ours = window_attention(qkv, table, index, mask, backend=backend)
+    official = window_attention(qkv, table, index, mask, backend="reference")
+    assert official.shape == (6, 16, 16)
+    torch.testing.assert_close(ours, official, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [None, 2, 6], ids=["no-mask", "mask-per-window", "per-image"])
+def test_sdpa_gradients_match_the_official_formulation(groups):
+    qkv, table, index, mask = problem(6, 2, 4, 8, groups, seed=0)
+    qkv.requires_grad_(True)
+    table.requires_grad_(True)
     grads = [
-        torch.autograd.grad(attend(q, k, v, bias).square().sum(), bias)[0]
-        for attend in (attention_with_bias, reference_attention_with_bias)
+        torch.autograd.grad(
+            window_attention(qkv, table, index, mask, backend=name).square().sum(), (qkv, table)
+        )
+        for name in ("reference", "sdpa")
     ]
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)
+    for ours, official in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(ours, official, atol=1e-4, rtol=1e-5)
 
 
-def test_bf16_inputs_stay_close():
-    generator = torch.Generator().manual_seed(2)
-    q, k, v = torch.randn(3, 4, 2, 16, 8, generator=generator).unbind(0)
-    bias = torch.randn(2, 16, 16, generator=generator)
-    low = attention_with_bias(q.bfloat16(), k.bfloat16(), v.bfloat16(), bias)
+def test_flex_on_the_cpu_refuses_training_clearly():
+    qkv, table, index, mask = problem(2, 1, 2, 4, None, seed=5)
+    with pytest.raises(NotImplementedError, match="no backward on the CPU"):
+        window_attention(qkv.requires_grad_(True), table, index, mask, backend="flex")
+
+
+def test_a_token_in_no_group_attends_uniformly_as_the_official_code():
+    qkv, table, index, mask = problem(2, 1, 2, 4, 2, seed=1)
+    out = window_attention(qkv, table, index, mask, backend="sdpa")
+    values = qkv[:, :, 2, 0]  # (B, L, D)
+    torch.testing.assert_close(out[:, 0], values.mean(dim=1), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_bf16_stays_within_two_percent(backend):
+    qkv, table, index, mask = problem(4, 2, 4, 8, 4, seed=2)
+    low = window_attention(qkv.bfloat16(), table, index, mask, backend=backend)
     assert low.dtype == torch.bfloat16
+    official = window_attention(qkv, table, index, mask, backend="reference")
+    torch.testing.assert_close(low.float(), official, atol=2e-2 * official.abs().max(), rtol=0)
+
+
+def test_sdpa_with_a_bias_matches_the_explicit_computation():
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(3, 5, 4, 16, 8, generator=generator).unbind(0)
+    bias = torch.randn(4, 16, 16, generator=generator)
     torch.testing.assert_close(
-        low.float(), reference_attention_with_bias(q, k, v, bias), atol=5e-2, rtol=0
+        attention_with_bias(q, k, v, bias),
+        reference_attention_with_bias(q, k, v, bias),
+        atol=1e-5,
+        rtol=0,
     )
+
+
+def test_mismatched_shapes_are_errors_naming_the_layouts():
+    qkv, table, index, mask = problem(5, 2, 4, 8, 2, seed=4)
+    with pytest.raises(ValueError, match=r"does not fit 5 windows of 16 tokens"):
+        window_attention(qkv, table, index, mask)
+    with pytest.raises(ValueError, match=r"expected qkv \(B, L, 3, H, D\)"):
+        window_attention(qkv[:, :9], table, index)

@@ -22,11 +22,13 @@ def test_masks_are_complementary_and_split_by_ratio():
 def test_window_mask_allows_pairs_visible_in_one_group_and_hides_padding():
     masks = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # 1 x 2 cells: left cell for group 1
     # a 2 x 2 map, one window: tokens 0, 2 in the left cell, tokens 1, 3 in the right one
-    allowed = group_window_mask(masks, (2, 2), window=2) == 0
+    allowed = group_window_mask(masks, (2, 2), window=2).additive == 0
     assert allowed.shape == (1, 4, 4)
     assert allowed[0, 0, 2] and allowed[0, 1, 3] and not allowed[0, 0, 1] and not allowed[0, 2, 3]
     # a 2 x 3 map pads to 2 x 4; window 1 holds column 2 (right cell) and column 3 (padding)
-    allowed = group_window_mask(masks, (2, 3), window=2) == 0
+    mask = group_window_mask(masks, (2, 3), window=2)
+    assert mask.groups[1].tolist() == [0, -1, 0, -1]  # column 2: right cell; column 3: padding
+    allowed = mask.additive == 0
     assert allowed.shape == (2, 4, 4)
     assert allowed[0].all()  # columns 0-1 both fall in the left cell
     assert allowed[1, 0, 2] and not allowed[1, 0, 1] and not allowed[1, 1, 1]
@@ -67,10 +69,10 @@ def test_draws_per_sample_share_a_rig_and_per_image_draws_differ():
 
 def test_per_image_window_masks_follow_each_image():
     masks = complementary_masks((2, 2), generator=torch.Generator().manual_seed(0), count=3)
-    per_image = group_window_mask(masks, (4, 4), window=2)  # 4 windows per image
+    per_image = group_window_mask(masks, (4, 4), window=2).additive  # 4 windows per image
     assert per_image.shape == (12, 4, 4)
     for image in range(3):
-        shared = group_window_mask(masks[:, image], (4, 4), window=2)
+        shared = group_window_mask(masks[:, image], (4, 4), window=2).additive
         assert torch.equal(per_image[4 * image : 4 * image + 4], shared)
 
 

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from geomim.data.batch import CameraGeometry
 from geomim.data.geometry import ImageAug, project_points
+from geomim.kernels import last_backend, set_backend
 from geomim.pretrain.losses import (
     depth_loss,
     depth_target,
@@ -39,8 +40,9 @@ SMALL = ViewTransformConfig(
 )
 
 
-@pytest.fixture(scope="module")
-def official():
+@pytest.fixture(scope="module", params=["sparse", "index_add", "reference"])
+def official(request):
+    """The official fixture through our view transform, with each pooling backend."""
     folder = FIXTURES / "official-lss-tiny"
     state_dict = load_file(folder / "state_dict.safetensors")
     io = load_file(folder / "io.safetensors")
@@ -55,11 +57,18 @@ def official():
         lidar_to_image=io["lidar_to_image"],
         image_aug=io["img_aug_matrix"],
     )
-    with torch.no_grad():
-        outputs = [
-            model(io["semantic"][g], io["geometry_features"][g], cameras, io["lidar_aug_matrix"])
-            for g in range(2)
-        ]
+    set_backend("splat", request.param)
+    try:
+        with torch.no_grad():
+            outputs = [
+                model(
+                    io["semantic"][g], io["geometry_features"][g], cameras, io["lidar_aug_matrix"]
+                )
+                for g in range(2)
+            ]
+        assert last_backend("splat") == request.param
+    finally:
+        set_backend("splat", None)
     return {"model": model, "io": io, "cameras": cameras, "outputs": outputs, "own": own_buffers}
 
 
