@@ -10,7 +10,8 @@ formulation and peers, in one run; one table per op, JSON in benchmarks/results/
    `WindowAttention` module for reference (it includes its qkv and output projections, so it is
    compared with our `WindowAttention` module: "module" rows).
 2. Cross-view attention at the decoder size (6 views x 16 x 44 tokens x 512 channels): our
-   `CrossViewAttention` block with SDPA against the same block computed explicitly.
+   `CrossViewAttention` block with SDPA against the same block computed explicitly, and its
+   attention alone (`row_attention`, forward and forward + backward) on each backend.
 3. BEV pooling at the official size (6 x 118 x 16 x 44 frustum points x 80 channels into
    360 x 360 cells, realistic camera geometry): `splat` (sparse, plan cached / built each call),
    materialised features + `index_add_`, + element-wise scatter, + the LSS cumulative-sum trick.
@@ -36,6 +37,7 @@ from geomim.data.batch import CameraGeometry
 from geomim.kernels import window_attention
 from geomim.kernels.attention import window_mask_from_groups
 from geomim.kernels.bev_pool import bev_pool, reference_bev_pool
+from geomim.kernels.row_attention import row_attention
 from geomim.kernels.splat import splat
 from geomim.layers import CrossViewAttention, WindowAttention, relative_position_index
 from geomim.pretrain.view_transform import DepthLSS, ViewTransformConfig
@@ -135,20 +137,52 @@ def time_modules(args: argparse.Namespace, modules: dict, x: Tensor) -> dict[str
 
 # ----------------------------------------------------------------------------- cross-view
 def bench_cross_view(args: argparse.Namespace) -> dict:
+    """The cross-view block (default backend against the official explicit attention) and its
+    attention alone, `row_attention` on each backend, at 6 views x 16 x 44 tokens x 512 channels."""
     torch.manual_seed(0)
     block = CrossViewAttention(512, 16).to(args.device).eval()
     x = torch.randn(VIEWS, 16 * 44, 512, device=args.device)
+    with torch.no_grad():
+        qkv = block.attn.qkv(x).view(1, VIEWS, 16, 44, 3, 16, 32)  # (B, N, H, W, 3, heads, D)
+    grad = torch.randn(1, VIEWS, 16, 44, 512, device=args.device)
+    backends = ["sdpa", "reference"] + (["triton"] if args.device == "cuda" else [])
+
+    def synchronized(result: Tensor) -> Tensor:
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        return result
 
     def run(fused: bool) -> Tensor:
         block.attn.fused_attn = fused
         with torch.no_grad():
-            return block(x, (16, 44), VIEWS)
+            return synchronized(block(x, (16, 44), VIEWS))
 
-    times, outputs = time_rounds(
-        {"sdpa": lambda: run(True), "explicit": lambda: run(False)}, args.repeats, args.warmup
-    )
-    error = (outputs["sdpa"] - outputs["explicit"]).abs().max().item()
-    return {"seconds": {k: min(v) for k, v in times.items()}, "max_abs_diff": error}
+    def forward(name: str) -> Tensor:
+        with torch.no_grad():
+            return synchronized(row_attention(qkv, None, name))
+
+    def training(name: str) -> Tensor:
+        leaf = qkv.detach().requires_grad_(True)
+        return synchronized(torch.autograd.grad(row_attention(leaf, None, name), leaf, grad)[0])
+
+    jobs = {"sdpa": lambda: run(True), "explicit": lambda: run(False)}
+    for name in backends:
+        jobs[f"{name}|forward"] = lambda n=name: forward(n)
+        jobs[f"{name}|forward+backward"] = lambda n=name: training(n)
+    times, outputs = time_rounds(jobs, args.repeats, args.warmup)
+    op_seconds: dict = {}
+    for name in backends:
+        op_seconds[name] = {k: min(times[f"{name}|{k}"]) for k in ("forward", "forward+backward")}
+    errors = {
+        name: (outputs[f"{name}|forward"].float() - outputs["reference|forward"]).abs().max().item()
+        for name in backends
+    }
+    block_error = (outputs["sdpa"] - outputs["explicit"]).abs().max().item()
+    return {
+        "seconds": {k: min(times[k]) for k in ("sdpa", "explicit")},
+        "max_abs_diff": block_error,
+        "row_attention": {"seconds": op_seconds, "max_abs_diff_vs_reference": errors},
+    }
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -263,6 +297,15 @@ def main() -> None:
     rows = [[n, f"{s * 1e3:.1f} ms"] for n, s in cross["seconds"].items()]
     print(table(f"\ncross-view block, 6 x 16 x 44 x 512 (max |diff| {cross['max_abs_diff']:.1e})",
                 ["attention", "forward"], rows))  # fmt: skip
+    op, official = cross["row_attention"], cross["row_attention"]["seconds"]["reference"]
+    rows = [
+        [f"row_attention {name}", *(f"{k[kind] * 1e3:.1f} ms {official[kind] / k[kind]:.2f}x"
+                                    for kind in ("forward", "forward+backward")),
+         f"{op['max_abs_diff_vs_reference'][name]:.1e}"]
+        for name, k in op["seconds"].items()
+    ]  # fmt: skip
+    print(table("\ncross-view attention alone (qkv -> attended), 6 x 16 x 44, 16 heads x 32",
+                ["op", "forward", "forward+backward", "max |diff|"], rows))  # fmt: skip
     pool = report["bev_pool"] = bench_pool(args)
     cumsum = pool["seconds"]["features + LSS cumsum trick"]
     rows = [

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from geomim.kernels import _triton
 from tests.helpers import FIXTURES
 
 
@@ -35,3 +36,21 @@ def hf_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return cache
+
+
+@pytest.fixture
+def interpreter(monkeypatch):
+    """Run Triton kernels on the CPU interpreter for this test."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if not _triton.interpreting():  # someone pinned triton.knobs.runtime.interpret in Python
+        pytest.skip("triton.knobs.runtime.interpret is pinned off")
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    """Compile Triton kernels (a suite run under TRITON_INTERPRET=1 would interpret them)."""
+    triton = pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if _triton.interpreting() or not isinstance(triton.language.standard.sum, triton.JITFunction):
+        pytest.skip("Triton was imported under TRITON_INTERPRET=1: it only interprets now")

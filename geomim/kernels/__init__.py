@@ -12,6 +12,7 @@ from geomim.kernels.attention import (
 )
 from geomim.kernels.bev_pool import bev_pool, reference_bev_pool
 from geomim.kernels.dispatch import BACKENDS, last_backend, set_backend
+from geomim.kernels.row_attention import row_attention
 from geomim.kernels.splat import SplatPlan, splat, splat_plan
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "last_backend",
     "reference_attention_with_bias",
     "reference_bev_pool",
+    "row_attention",
     "set_backend",
     "splat",
     "splat_plan",

@@ -21,16 +21,19 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "window_attention": ("triton", "flex", "sdpa", "reference"),
     "bev_pool": ("triton", "index_add", "reference"),
     "splat": ("triton", "sparse", "index_add", "reference"),
+    "row_attention": ("triton", "sdpa", "reference"),
 }
 CPU_DEFAULTS = {
     "window_attention": "sdpa",
     "bev_pool": "index_add",
     "splat": "sparse",
+    "row_attention": "sdpa",
 }
 CUDA_DEFAULTS = {
     "window_attention": "triton",
     "bev_pool": "triton",
     "splat": "sparse",
+    "row_attention": "triton",
 }
 ENVIRONMENT_VARIABLE = "GEOMIM_KERNELS"
 

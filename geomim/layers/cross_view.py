@@ -1,17 +1,22 @@
 """Cross-View Attention (CVA): every token attends to the tokens of its image row in all cameras.
 
 The nuScenes cameras form a horizontal ring around the car, so one image row across the views is a
-horizontal band around it. Tokens (B*N, H*W, C) are regrouped to (B*H, N*W, C): one sequence per
-sample and row, holding that row of every view, and a pre-norm transformer block runs on it.
+horizontal band around it: one sequence per sample and row, holding that row of every view, on
+which a pre-norm transformer block runs. The block stays in the view-major layout (B, N, H, W, C)
+throughout: its attention (`geomim.kernels.row_attention`) reads each row sequence from the qkv
+projection in place. `rows_across_views` spells the regrouping out, (B*N, H*W, C) -> (B*H, N*W, C)
+(the official formulation: a timm `Block` on those sequences).
 """
 
 from __future__ import annotations
 
 from functools import partial
 
-import torch
+from timm.layers import DropPath
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
+
+from geomim.kernels.row_attention import row_attention
 
 
 def rows_across_views(x: Tensor, num_views: int, height: int, width: int) -> Tensor:
@@ -46,7 +51,9 @@ class CrossViewAttention(Block):
     Parameter names are timm's `Block` (norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2), as
     the official decoder's cross-view blocks. `zero_init=True` zeroes the output projection and the
     second MLP layer so a freshly inserted block is the identity, as the official code does.
-    The view count is explicit: a constructor default, overridable per call.
+    The view count is explicit: a constructor default, overridable per call. `attn.fused_attn`
+    (timm's switch) picks the attention backend: `backend` (None: the device's default, see
+    `geomim.kernels.dispatch`) or, when False, the official explicit computation ("reference").
     """
 
     def __init__(
@@ -69,6 +76,8 @@ class CrossViewAttention(Block):
             norm_layer=partial(nn.LayerNorm, eps=norm_eps),
         )
         self.num_views = num_views
+        self.backend: str | None = None  # a `row_attention` backend, None: the default
+        _check_supported(self)
         if zero_init:
             self.reset_to_identity()
 
@@ -87,33 +96,72 @@ class CrossViewAttention(Block):
     ) -> Tensor:
         """(B*N, H*W, C) with `size=(H, W)`, or (B, N, H, W, C); returns the same layout.
 
-        `key_visible` (B*N, H*W) bool: only these tokens are attended to (each token still sees
-        itself), as in masked pretraining where the hidden tokens' outputs are discarded.
+        `key_visible` (B*N, H*W) bool (or (B, N, H, W)): only these tokens are attended to (each
+        token still sees itself), as in masked pretraining where the hidden tokens' outputs are
+        discarded.
         """
         if x.ndim == 5:
-            batch, views, height, width, channels = x.shape
-            flat = x.reshape(batch * views, height * width, channels)
-            visible = None if key_visible is None else key_visible.reshape(batch * views, -1)
-            return self.forward(flat, (height, width), views, visible).view_as(x)
-        if x.ndim != 3 or size is None:
+            maps = x
+        elif x.ndim == 3 and size is not None:
+            num_views = num_views or self.num_views
+            if num_views is None:
+                raise ValueError(
+                    "the number of views is needed: pass num_views (constructor or call)"
+                )
+            height, width = size
+            _check_layout(x.shape[0], x.shape[1], num_views, height, width)
+            maps = x.view(-1, num_views, height, width, x.shape[-1])
+        else:
             raise ValueError(
                 "expected tokens (B*N, H*W, C) with size=(H, W), or (B, N, H, W, C); "
                 f"got shape {tuple(x.shape)} with size={size}"
             )
-        num_views = num_views or self.num_views
-        if num_views is None:
-            raise ValueError("the number of views is needed: pass num_views (constructor or call)")
-        height, width = size
-        rows = rows_across_views(x, num_views, height, width)
-        attn_mask = None
         if key_visible is not None:
-            if key_visible.shape != x.shape[:2]:
+            if key_visible.numel() != maps[..., 0].numel():
+                expected = tuple(maps.shape[:4]) if x.ndim == 5 else tuple(x.shape[:2])
                 raise ValueError(
-                    f"expected key_visible of shape {tuple(x.shape[:2])}, "
-                    f"got {tuple(key_visible.shape)}"
+                    f"expected key_visible of shape {expected}, got {tuple(key_visible.shape)}"
                 )
-            keys = rows_across_views(key_visible[..., None], num_views, height, width)[..., 0]
-            itself = torch.eye(keys.shape[1], dtype=torch.bool, device=x.device)
-            attn_mask = (keys[:, None, :] | itself)[:, None]  # (B*H, 1, N*W, N*W)
-        rows = super().forward(rows, attn_mask=attn_mask)
-        return views_from_rows(rows, num_views, height, width)
+            key_visible = key_visible.reshape(maps.shape[:4])
+        return self.forward_maps(maps, key_visible).view_as(x)
+
+    def forward_maps(self, x: Tensor, key_visible: Tensor | None = None) -> Tensor:
+        """The block on view-major maps: (B, N, H, W, C), `key_visible` (B, N, H, W) bool."""
+        attn = self.attn
+        qkv = attn.qkv(self.norm1(x)).unflatten(-1, (3, attn.num_heads, attn.head_dim))
+        backend = self.backend if attn.fused_attn else "reference"
+        attended = row_attention(qkv, key_visible, backend)  # (B, N, H, W, C)
+        x = x + _drop_rows(self.drop_path1, self.ls1(attn.proj_drop(attn.proj(attended))))
+        return x + _drop_rows(self.drop_path2, self.ls2(self.mlp(self.norm2(x))))
+
+
+def _drop_rows(drop_path: nn.Module, x: Tensor) -> Tensor:
+    """timm's drop path per (sample, image row) sequence of (B, N, H, W, C) maps, as the block
+    on (B*H, N*W, C) rows drops it (the same draws, in the same order)."""
+    if not isinstance(drop_path, DropPath) or drop_path.drop_prob == 0 or not drop_path.training:
+        return drop_path(x)
+    keep = 1 - drop_path.drop_prob
+    batch, _, height = x.shape[:3]
+    kept = x.new_empty(batch, 1, height, 1, 1).bernoulli_(keep)
+    if keep > 0 and drop_path.scale_by_keep:
+        kept.div_(keep)
+    return x * kept
+
+
+def _check_supported(block: Block) -> None:
+    """Raise if timm built the block with a part the view-major forward does not run."""
+    attn = block.attn
+    unsupported = [
+        name
+        for name in ("q_norm", "k_norm", "norm")
+        if not isinstance(getattr(attn, name, nn.Identity()), nn.Identity)
+    ]
+    if getattr(attn, "gate", None) is not None:
+        unsupported.append("gate")
+    if attn.attn_drop.p > 0:
+        unsupported.append("attn_drop")
+    if unsupported:
+        raise ValueError(
+            f"CrossViewAttention supports timm's plain Attention (Identity q_norm, k_norm, norm; "
+            f"no gate; attn_drop 0), got {unsupported} set"
+        )

@@ -1,11 +1,15 @@
-"""Cross-View Attention: rows across views, view-order equivariance, row independence."""
+"""Cross-View Attention: rows across views, view-order equivariance, row independence, and the
+view-major block equal to the official formulation (regroup rows, timm's Block, regroup back)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from timm.models.vision_transformer import Block
 
+from geomim.kernels import last_backend
 from geomim.layers import CrossViewAttention, rows_across_views, views_from_rows
+from geomim.layers.cross_view import _check_supported
 
 VIEWS, HEIGHT, WIDTH, DIM = 6, 3, 5, 16
 
@@ -34,6 +38,88 @@ def naive_loop(layer: CrossViewAttention, x: torch.Tensor) -> torch.Tensor:
             result = super(CrossViewAttention, layer).forward(sequence)
             out[sample, :, row] = result.view(VIEWS, WIDTH, DIM)
     return out.view_as(x)
+
+
+def official_formulation(
+    layer: CrossViewAttention, x: torch.Tensor, key_visible: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The block as the official code runs it: (B*H, N*W, C) rows through timm's Block."""
+    rows = rows_across_views(x, VIEWS, HEIGHT, WIDTH)
+    attn_mask = None
+    if key_visible is not None:
+        keys = rows_across_views(key_visible[..., None], VIEWS, HEIGHT, WIDTH)[..., 0]
+        itself = torch.eye(keys.shape[1], dtype=torch.bool)
+        attn_mask = (keys[:, None, :] | itself)[:, None]  # (B*H, 1, N*W, N*W)
+    rows = Block.forward(layer, rows, attn_mask=attn_mask)
+    return views_from_rows(rows, VIEWS, HEIGHT, WIDTH)
+
+
+def visible_keys(batch: int = 2) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(2)
+    return torch.rand(batch * VIEWS, HEIGHT * WIDTH, generator=generator) < 0.4
+
+
+def outputs_and_gradients(layer: CrossViewAttention, run, x: torch.Tensor) -> list[torch.Tensor]:
+    """`run(x)`'s output and the gradients of x and of every parameter for a fixed output grad."""
+    x = x.detach().requires_grad_(True)
+    out = run(x)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    inputs = [x, *layer.parameters()]
+    return [out, *torch.autograd.grad(out, inputs, grad)]
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["all keys", "key_visible"])
+@pytest.mark.parametrize("fused", [True, False], ids=["sdpa", "reference"])
+def test_equals_the_official_formulation_forward_and_gradients(masked, fused):
+    layer = block()
+    layer.attn.fused_attn = fused  # the official side switches timm's attention the same way
+    x, visible = tokens(), visible_keys() if masked else None
+    ours = outputs_and_gradients(layer, lambda t: layer(t, (HEIGHT, WIDTH), None, visible), x)
+    assert last_backend("row_attention") == ("sdpa" if fused else "reference")
+    official = outputs_and_gradients(layer, lambda t: official_formulation(layer, t, visible), x)
+    for actual, expected in zip(ours, official, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_drop_path_drops_the_same_rows_as_the_official_formulation():
+    layer = block(drop_path=0.5).train()
+    x = tokens()
+    torch.manual_seed(7)
+    ours = layer(x, (HEIGHT, WIDTH))
+    torch.manual_seed(7)
+    official = official_formulation(layer, x)
+    torch.testing.assert_close(ours, official, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ours, layer.eval()(x, (HEIGHT, WIDTH)))  # something was dropped
+
+
+@pytest.mark.usefixtures("interpreter")
+def test_triton_backend_equals_the_official_formulation():
+    layer = block()
+    layer.backend = "triton"
+    x, visible = tokens(batch=1), visible_keys(batch=1)
+    ours = outputs_and_gradients(layer, lambda t: layer(t, (HEIGHT, WIDTH), None, visible), x)
+    assert last_backend("row_attention") == "triton"
+    official = outputs_and_gradients(layer, lambda t: official_formulation(layer, t, visible), x)
+    for actual, expected in zip(ours, official, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_key_visible_is_accepted_in_both_layouts():
+    layer = block()
+    x, visible = tokens(), visible_keys()
+    maps = layer(
+        x.view(2, VIEWS, HEIGHT, WIDTH, DIM), key_visible=visible.view(2, VIEWS, HEIGHT, WIDTH)
+    )
+    torch.testing.assert_close(maps.reshape_as(x), layer(x, (HEIGHT, WIDTH), None, visible))
+    with pytest.raises(
+        ValueError, match=r"expected key_visible of shape \(12, 15\), got \(12, 14\)"
+    ):
+        layer(x, (HEIGHT, WIDTH), None, visible[:, 1:])
+
+
+def test_timm_parts_the_view_major_block_does_not_run_are_refused():
+    with pytest.raises(ValueError, match=r"got \['q_norm', 'k_norm'\] set"):
+        _check_supported(Block(DIM, 4, qk_norm=True))
 
 
 def test_regrouping_round_trips_and_groups_rows():

@@ -1,0 +1,411 @@
+"""Row attention, the attention of Cross-View Attention, read straight from view-major tokens.
+
+qkv comes as the projection of (B, N, H, W, C) camera maps, viewed (B, N, H, W, 3, heads, D). For
+each sample b and image row h, the N*W tokens of that row in every view form one sequence, its
+position p = n * W + w holding token [b, n, h, w]; softmax(q k^T D^-0.5) v runs within it. With
+`key_visible` (B, N, H, W) bool, a hidden key is attended to by its own query only, so a hidden
+query that sees nothing attends to itself. One dispatch function, `row_attention`, in front of:
+
+- "reference": the official formulation: qkv copied into (B*H, heads, N*W, D) rows, q scaled
+  times k^T, the mask added as -inf, softmax, times v, the output copied back to view-major.
+- "sdpa" (CPU default): the same copies around `F.scaled_dot_product_attention` (q, k, v strided
+  as timm's `Attention` passes them; a bool mask only where keys are hidden).
+- "triton" (CUDA default): flash attention (online softmax, the mask read from `key_visible`)
+  that reads q, k, v and writes the output by strides in the view-major layout, and whose
+  backward writes dq, dk, dv into one gradient of qkv's layout: no layout copy either way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from geomim.kernels import _triton
+from geomim.kernels._triton import max_along, sum_along  # jitted with the kernels
+from geomim.kernels.dispatch import choose_backend
+from geomim.kernels.triton_window_attention import _blocks, _cdiv, _dot
+
+if TYPE_CHECKING:  # the kernels get `tl` when jitted (geomim.kernels._triton)
+    import triton.language as tl
+
+
+def row_attention(
+    qkv: Tensor, key_visible: Tensor | None = None, backend: str | None = None
+) -> Tensor:
+    """Attention within each image row across the views: qkv (B, N, H, W, 3, heads, D), optional
+    `key_visible` (B, N, H, W) bool -> (B, N, H, W, heads * D), view-major."""
+    _check_inputs(qkv, key_visible)
+    name = choose_backend("row_attention", qkv.device, backend)
+    if name == "triton":
+        _triton.check_device(qkv)
+        qkv = qkv if qkv.is_contiguous() else qkv.contiguous()  # the gradient shares its strides
+        visible = None if key_visible is None else key_visible.to(torch.int8).contiguous()
+        return _RowAttention.apply(qkv, visible).flatten(-2)
+    if name == "reference":
+        return reference_row_attention(qkv, key_visible)
+    q, k, v = _rows(qkv)
+    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=_row_mask(key_visible))
+    return _views_from_rows(attended, qkv.shape[0], qkv.shape[1])
+
+
+def reference_row_attention(qkv: Tensor, key_visible: Tensor | None = None) -> Tensor:
+    """The official computation (explicit matmul and softmax, layout copies) -> (B, N, H, W, C)."""
+    q, k, v = _rows(qkv)
+    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B*H, heads, N*W, N*W)
+    mask = _row_mask(key_visible)
+    if mask is not None:
+        logits = logits + torch.zeros_like(mask, dtype=logits.dtype).masked_fill(~mask, -torch.inf)
+    return _views_from_rows(logits.softmax(dim=-1) @ v, qkv.shape[0], qkv.shape[1])
+
+
+def _rows(qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(B, N, H, W, 3, heads, D) -> q, k, v (B*H, heads, N*W, D): one copy, then strided views."""
+    batch, views, height, width, three, heads, head_dim = qkv.shape
+    rows = qkv.transpose(1, 2).reshape(batch * height, views * width, three, heads, head_dim)
+    return rows.permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def _views_from_rows(attended: Tensor, batch: int, views: int) -> Tensor:
+    """(B*H, heads, N*W, D) -> (B, N, H, W, heads * D), copied into the view-major layout."""
+    split = attended.unflatten(2, (views, -1)).unflatten(0, (batch, -1))  # (B, H, heads, N, W, D)
+    return split.permute(0, 3, 1, 4, 2, 5).flatten(-2).contiguous()
+
+
+def _row_mask(key_visible: Tensor | None) -> Tensor | None:
+    """(B*H, 1, N*W, N*W) bool, True where a query may attend to a key (visible, or itself)."""
+    if key_visible is None:
+        return None
+    batch, views, height, width = key_visible.shape
+    keys = key_visible.transpose(1, 2).reshape(batch * height, views * width)
+    itself = torch.eye(views * width, dtype=torch.bool, device=keys.device)
+    return (keys[:, None, :] | itself)[:, None]
+
+
+def _check_inputs(qkv: Tensor, key_visible: Tensor | None) -> None:
+    if qkv.ndim != 7 or qkv.shape[4] != 3:
+        raise ValueError(f"expected qkv (B, N, H, W, 3, heads, D), got shape {tuple(qkv.shape)}")
+    if not qkv.dtype.is_floating_point:
+        raise TypeError(f"expected a floating-point qkv, got {qkv.dtype}")
+    if key_visible is None:
+        return
+    if key_visible.shape != qkv.shape[:4]:
+        raise ValueError(
+            f"expected key_visible of shape (B, N, H, W) = {tuple(qkv.shape[:4])}, "
+            f"got {tuple(key_visible.shape)}"
+        )
+    if key_visible.dtype != torch.bool:
+        raise TypeError(f"expected a bool key_visible, got {key_visible.dtype}")
+    if key_visible.device != qkv.device:
+        raise ValueError(f"expected key_visible on {qkv.device}, got {key_visible.device}")
+
+
+# ---- Triton: the autograd function and its launches ----------------------------------------
+
+
+class _RowAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv, visible):
+        out, row_max, row_sum = _forward(qkv, visible)
+        ctx.save_for_backward(qkv, visible, out, row_max, row_sum)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return _backward(*ctx.saved_tensors, grad_out), None
+
+
+def _forward(qkv: Tensor, visible: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Launch the forward kernel: the output (B, N, H, W, heads, D) and each row's softmax max
+    and sum (float32, one row per (sample, image row, head) and position)."""
+    kernels = _kernels()
+    batch, views, height, width, _, heads, head_dim = qkv.shape
+    tokens = views * width
+    out = qkv.new_empty(batch, views, height, width, heads, head_dim)
+    row_max, row_sum = torch.empty(2, batch * height * heads, tokens, device=qkv.device).unbind(0)
+    blocks = _blocks(tokens, head_dim, qkv.dtype)
+    grid = (batch * height * heads, _cdiv(tokens, blocks["BLOCK_M"]))
+    with _triton.on_device(qkv):
+        kernels._forward_kernel[grid](
+            qkv, qkv if visible is None else visible, out, row_max, row_sum,
+            *_qkv_strides(qkv), *_out_strides(out),
+            height, width, heads, tokens, head_dim, head_dim**-0.5,
+            HAS_MASK=visible is not None, **blocks,
+        )  # fmt: skip
+    return out, row_max, row_sum
+
+
+def _backward(
+    qkv: Tensor,
+    visible: Tensor | None,
+    out: Tensor,
+    row_max: Tensor,
+    row_sum: Tensor,
+    grad_out: Tensor,
+) -> Tensor:
+    """Launch the backward kernels (dq, then dk and dv) into one gradient laid out as qkv."""
+    kernels = _kernels()
+    views, height, width, _, heads, head_dim = qkv.shape[1:]
+    tokens = views * width
+    grad_out = grad_out.contiguous()  # the strides of out (both contiguous)
+    grad_qkv = torch.empty_like(qkv)  # the strides of qkv (contiguous, see row_attention)
+    delta = torch.empty_like(row_max)  # rowsum(dO * O), from the first kernel for the second
+    blocks = _blocks(tokens, head_dim, qkv.dtype)
+    common = (
+        *_qkv_strides(qkv), *_out_strides(out),
+        height, width, heads, tokens, head_dim, head_dim**-0.5,
+    )  # fmt: skip
+    mask = qkv if visible is None else visible
+    with _triton.on_device(qkv):
+        kernels._backward_query_kernel[(row_max.shape[0], _cdiv(tokens, blocks["BLOCK_M"]))](
+            qkv, mask, out, grad_out, row_max, row_sum, delta, grad_qkv, *common,
+            HAS_MASK=visible is not None, **blocks,
+        )  # fmt: skip
+        kernels._backward_key_kernel[(row_max.shape[0], _cdiv(tokens, blocks["BLOCK_N"]))](
+            qkv, mask, grad_out, row_max, row_sum, delta, grad_qkv, *common,
+            HAS_MASK=visible is not None, **blocks,
+        )  # fmt: skip
+    return grad_qkv
+
+
+def _kernels():
+    return _triton.jit(
+        _dot, _bases, _token_offsets, _load_tokens, _store_tokens, _load_visible, _load_keys,
+        _scores, *_KERNELS,
+    )  # fmt: skip
+
+
+def _qkv_strides(qkv: Tensor) -> tuple[int, ...]:
+    """(B, N, H, W, 3, heads) strides of qkv (its last one is 1)."""
+    return tuple(qkv.stride(dim) for dim in range(6))
+
+
+def _out_strides(out: Tensor) -> tuple[int, ...]:
+    """(B, N, H, W, heads) strides of the output (its last one is 1)."""
+    return tuple(out.stride(dim) for dim in range(5))
+
+
+# ---- Triton (jitted on first use by geomim.kernels._triton) ---------------------------------
+
+
+def _bases(
+    heads, height, width, tokens, stride_b, stride_h, stride_head, stride_ob, stride_oh,
+    stride_ohead,
+):  # fmt: skip
+    """Where this program's (sample, image row, head) starts (head fastest in program_id(0)):
+    its int64 offsets in qkv, in the output and in the contiguous (B, N, H, W) mask."""
+    problem = tl.program_id(0)
+    sequence = problem // heads
+    sample = (sequence // height).to(tl.int64)
+    image_row = (sequence % height).to(tl.int64)
+    head = problem % heads
+    qkv = sample * stride_b + image_row * stride_h + head * stride_head
+    out = sample * stride_ob + image_row * stride_oh + head * stride_ohead
+    return qkv, out, sample * height * tokens + image_row * width
+
+
+def _token_offsets(positions, width, stride_n, stride_w):
+    """Offsets of sequence positions p = n * W + w: n * stride_n + w * stride_w (int64)."""
+    view = (positions // width).to(tl.int64)
+    column = (positions % width).to(tl.int64)
+    return view * stride_n + column * stride_w
+
+
+def _load_tokens(ptr, offsets, positions, tokens, head_dim, BLOCK_D: tl.constexpr):
+    """The D-vectors at `offsets` as a (positions, BLOCK_D) tile, zero past L and D."""
+    dims = tl.arange(0, BLOCK_D)
+    mask = (positions[:, None] < tokens) & (dims[None, :] < head_dim)
+    return tl.load(ptr + offsets[:, None] + dims[None, :], mask=mask, other=0.0)
+
+
+def _store_tokens(ptr, offsets, positions, tokens, head_dim, values, BLOCK_D: tl.constexpr):
+    """Store a (positions, BLOCK_D) float32 tile as the D-vectors at `offsets`, up to L and D."""
+    dims = tl.arange(0, BLOCK_D)
+    mask = (positions[:, None] < tokens) & (dims[None, :] < head_dim)
+    tl.store(ptr + offsets[:, None] + dims[None, :], values.to(ptr.dtype.element_ty), mask=mask)
+
+
+def _load_visible(visible_ptr, positions, tokens, width, height, HAS_MASK: tl.constexpr):
+    """Whether the keys at `positions` are visible (0 past L), from the sequence's (N, W) slice
+    of the contiguous (B, N, H, W) mask; 0 without a mask (unused then)."""
+    if HAS_MASK:  # one return: compiled Triton wants one type from all of them
+        offsets = _token_offsets(positions, width, height * width, 1)
+        visible = tl.load(visible_ptr + offsets, mask=positions < tokens, other=0).to(tl.int32)
+    else:
+        visible = 0
+    return visible
+
+
+def _load_keys(
+    q_ptr, visible_ptr, keys, tokens, width, height, head_dim, stride_n, stride_w, stride_part,
+    HAS_MASK: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """k and v at sequence positions `keys` (q at `q_ptr`), and whether those keys are visible."""
+    offsets = _token_offsets(keys, width, stride_n, stride_w)
+    k = _load_tokens(q_ptr + stride_part, offsets, keys, tokens, head_dim, BLOCK_D)
+    v = _load_tokens(q_ptr + 2 * stride_part, offsets, keys, tokens, head_dim, BLOCK_D)
+    return k, v, _load_visible(visible_ptr, keys, tokens, width, height, HAS_MASK)
+
+
+def _scores(
+    q,
+    k,
+    queries,
+    keys,
+    key_visible,
+    tokens,
+    scale,
+    HAS_MASK: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):
+    """(queries, keys) float32 logits q k^T * scale; -1e30 for a hidden key other than the query
+    itself (each real query sees itself, so its probabilities there are exactly 0); -inf past L."""
+    scores = _dot(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
+    if HAS_MASK:
+        allowed = (key_visible[None, :] != 0) | (queries[:, None] == keys[None, :])
+        scores = tl.where(allowed, scores, -1e30)
+    return tl.where(keys[None, :] < tokens, scores, float("-inf"))
+
+
+def _forward_kernel(
+    qkv_ptr, visible_ptr, out_ptr, row_max_ptr, row_sum_ptr,
+    stride_b, stride_n, stride_h, stride_w, stride_part, stride_head,
+    stride_ob, stride_on, stride_oh, stride_ow, stride_ohead,
+    height, width, heads, tokens, head_dim, scale,
+    HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+):  # fmt: skip
+    """One block of queries of one (sample, image row, head): stream the keys, online softmax."""
+    qkv_base, out_base, visible_base = _bases(
+        heads, height, width, tokens, stride_b, stride_h, stride_head, stride_ob, stride_oh,
+        stride_ohead,
+    )  # fmt: skip
+    q_ptr = qkv_ptr + qkv_base
+    visible_ptr += visible_base
+    queries = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    q_offsets = _token_offsets(queries, width, stride_n, stride_w)
+    q = _load_tokens(q_ptr, q_offsets, queries, tokens, head_dim, BLOCK_D)
+    row_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    row_sum = tl.full((BLOCK_M,), 0.0, tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_D), 0.0, tl.float32)
+    for start in range(0, tokens, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        k, v, key_visible = _load_keys(
+            q_ptr, visible_ptr, keys, tokens, width, height, head_dim, stride_n, stride_w,
+            stride_part, HAS_MASK, BLOCK_D,
+        )  # fmt: skip
+        scores = _scores(q, k, queries, keys, key_visible, tokens, scale, HAS_MASK, PRECISION,
+                         UPCAST_DOT)  # fmt: skip
+        new_max = tl.maximum(row_max, max_along(scores, 1))
+        rescale = tl.exp(row_max - new_max)
+        p = tl.exp(scores - new_max[:, None])
+        row_sum = row_sum * rescale + sum_along(p, 1)
+        acc = acc * rescale[:, None] + _dot(p.to(v.dtype), v, PRECISION, UPCAST_DOT)
+        row_max = new_max
+    out_offsets = _token_offsets(queries, width, stride_on, stride_ow)
+    out = acc / row_sum[:, None]
+    _store_tokens(out_ptr + out_base, out_offsets, queries, tokens, head_dim, out, BLOCK_D)
+    stats = tl.program_id(0) * tokens + queries  # (sample, image row, head) rows of (., L)
+    tl.store(row_max_ptr + stats, row_max, mask=queries < tokens)
+    tl.store(row_sum_ptr + stats, row_sum, mask=queries < tokens)
+
+
+def _backward_query_kernel(
+    qkv_ptr, visible_ptr, out_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr,
+    grad_qkv_ptr,
+    stride_b, stride_n, stride_h, stride_w, stride_part, stride_head,
+    stride_ob, stride_on, stride_oh, stride_ow, stride_ohead,
+    height, width, heads, tokens, head_dim, scale,
+    HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+):  # fmt: skip
+    """dq for one block of queries; writes rowsum(dO * O) for the key kernel."""
+    qkv_base, out_base, visible_base = _bases(
+        heads, height, width, tokens, stride_b, stride_h, stride_head, stride_ob, stride_oh,
+        stride_ohead,
+    )  # fmt: skip
+    q_ptr = qkv_ptr + qkv_base
+    visible_ptr += visible_base
+    queries = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    query_ok = queries < tokens
+    q_offsets = _token_offsets(queries, width, stride_n, stride_w)
+    out_offsets = _token_offsets(queries, width, stride_on, stride_ow)
+    q = _load_tokens(q_ptr, q_offsets, queries, tokens, head_dim, BLOCK_D)
+    grad_out = _load_tokens(grad_out_ptr + out_base, out_offsets, queries, tokens, head_dim,
+                            BLOCK_D)  # fmt: skip
+    out = _load_tokens(out_ptr + out_base, out_offsets, queries, tokens, head_dim, BLOCK_D)
+    delta = sum_along(grad_out.to(tl.float32) * out.to(tl.float32), 1)
+    stats = tl.program_id(0) * tokens + queries
+    tl.store(delta_ptr + stats, delta, mask=query_ok)
+    row_max = tl.load(row_max_ptr + stats, mask=query_ok, other=0.0)
+    row_sum = tl.load(row_sum_ptr + stats, mask=query_ok, other=1.0)
+    grad_q = tl.full((BLOCK_M, BLOCK_D), 0.0, tl.float32)
+    for start in range(0, tokens, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        k, v, key_visible = _load_keys(
+            q_ptr, visible_ptr, keys, tokens, width, height, head_dim, stride_n, stride_w,
+            stride_part, HAS_MASK, BLOCK_D,
+        )  # fmt: skip
+        scores = _scores(q, k, queries, keys, key_visible, tokens, scale, HAS_MASK, PRECISION,
+                         UPCAST_DOT)  # fmt: skip
+        p = tl.exp(scores - row_max[:, None]) / row_sum[:, None]
+        p = tl.where(query_ok[:, None], p, 0.0)
+        grad_p = _dot(grad_out, tl.trans(v), PRECISION, UPCAST_DOT)
+        grad_scores = p * (grad_p - delta[:, None])
+        grad_q += _dot(grad_scores.to(k.dtype), k, PRECISION, UPCAST_DOT)
+    _store_tokens(grad_qkv_ptr + qkv_base, q_offsets, queries, tokens, head_dim, grad_q * scale,
+                  BLOCK_D)  # fmt: skip
+
+
+def _backward_key_kernel(
+    qkv_ptr, visible_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, grad_qkv_ptr,
+    stride_b, stride_n, stride_h, stride_w, stride_part, stride_head,
+    stride_ob, stride_on, stride_oh, stride_ow, stride_ohead,
+    height, width, heads, tokens, head_dim, scale,
+    HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+):  # fmt: skip
+    """dk and dv for one block of keys of one (sample, image row, head): stream the queries."""
+    qkv_base, out_base, visible_base = _bases(
+        heads, height, width, tokens, stride_b, stride_h, stride_head, stride_ob, stride_oh,
+        stride_ohead,
+    )  # fmt: skip
+    q_ptr = qkv_ptr + qkv_base
+    visible_ptr += visible_base
+    grad_out_ptr += out_base
+    keys = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k, v, key_visible = _load_keys(
+        q_ptr, visible_ptr, keys, tokens, width, height, head_dim, stride_n, stride_w,
+        stride_part, HAS_MASK, BLOCK_D,
+    )  # fmt: skip
+    grad_k = tl.full((BLOCK_N, BLOCK_D), 0.0, tl.float32)
+    grad_v = tl.full((BLOCK_N, BLOCK_D), 0.0, tl.float32)
+    for start in range(0, tokens, BLOCK_M):
+        queries = start + tl.arange(0, BLOCK_M)
+        query_ok = queries < tokens
+        q = _load_tokens(q_ptr, _token_offsets(queries, width, stride_n, stride_w), queries,
+                         tokens, head_dim, BLOCK_D)  # fmt: skip
+        grad_out = _load_tokens(grad_out_ptr, _token_offsets(queries, width, stride_on, stride_ow),
+                                queries, tokens, head_dim, BLOCK_D)  # fmt: skip
+        stats = tl.program_id(0) * tokens + queries
+        row_max = tl.load(row_max_ptr + stats, mask=query_ok, other=0.0)
+        row_sum = tl.load(row_sum_ptr + stats, mask=query_ok, other=1.0)
+        delta = tl.load(delta_ptr + stats, mask=query_ok, other=0.0)
+        scores = _scores(q, k, queries, keys, key_visible, tokens, scale, HAS_MASK, PRECISION,
+                         UPCAST_DOT)  # fmt: skip
+        p = tl.exp(scores - row_max[:, None]) / row_sum[:, None]
+        p = tl.where(query_ok[:, None], p, 0.0)
+        grad_v += _dot(tl.trans(p.to(grad_out.dtype)), grad_out, PRECISION, UPCAST_DOT)
+        grad_p = _dot(grad_out, tl.trans(v), PRECISION, UPCAST_DOT)
+        grad_scores = p * (grad_p - delta[:, None])
+        grad_k += _dot(tl.trans(grad_scores.to(q.dtype)), q, PRECISION, UPCAST_DOT)
+    grad_k_ptr = grad_qkv_ptr + qkv_base + stride_part
+    key_offsets = _token_offsets(keys, width, stride_n, stride_w)
+    _store_tokens(grad_k_ptr, key_offsets, keys, tokens, head_dim, grad_k * scale, BLOCK_D)
+    _store_tokens(grad_k_ptr + stride_part, key_offsets, keys, tokens, head_dim, grad_v, BLOCK_D)
+
+
+_KERNELS = (_forward_kernel, _backward_query_kernel, _backward_key_kernel)
