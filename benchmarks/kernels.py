@@ -37,7 +37,7 @@ from geomim.data.batch import CameraGeometry
 from geomim.kernels import window_attention
 from geomim.kernels.attention import window_mask_from_groups
 from geomim.kernels.bev_pool import bev_pool, reference_bev_pool
-from geomim.kernels.row_attention import row_attention
+from geomim.kernels.cross_view import row_attention
 from geomim.kernels.splat import splat
 from geomim.layers import CrossViewAttention, WindowAttention, relative_position_index
 from geomim.pretrain.view_transform import DepthLSS, ViewTransformConfig

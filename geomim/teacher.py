@@ -48,7 +48,7 @@ def cache(args: argparse.Namespace) -> Path:
         tokens,
         lambda index: dataset.sample_points(index)[1],
         args.out,
-        source=points_source(dataset),
+        source=points_source(dataset.version, dataset.seed, dataset.points),
         shard_size=args.shard_size,
         dtype=args.dtype,
         device=args.device,

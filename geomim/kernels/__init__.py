@@ -11,8 +11,8 @@ from geomim.kernels.attention import (
     window_attention,
 )
 from geomim.kernels.bev_pool import bev_pool, reference_bev_pool
+from geomim.kernels.cross_view import row_attention
 from geomim.kernels.dispatch import BACKENDS, last_backend, set_backend
-from geomim.kernels.row_attention import row_attention
 from geomim.kernels.splat import SplatPlan, splat, splat_plan
 
 __all__ = [

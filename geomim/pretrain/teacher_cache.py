@@ -28,7 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from geomim.checkpoints import save_safetensors_atomic, write_atomic
-from geomim.data.nuscenes import NuScenesMultiView
+from geomim.data.nuscenes import PointConfig
 from geomim.pretrain.teacher import Teacher, TeacherMeta, teacher_meta
 
 CACHE_FORMAT = 1
@@ -118,7 +118,7 @@ class CachedTeacher(Teacher):
     """Serves the maps a `write_teacher_cache` run stored, flipped as each sample's LiDAR was.
 
     `expect_teacher`: the identity of the teacher the run would otherwise use
-    (`teacher.identity()`); `expect_source`: the run's data source (`points_source(dataset)`).
+    (`teacher.identity()`); `expect_source`: the run's data source (`points_source`).
     A cache made with anything else is refused with the differing fields named.
     """
 
@@ -179,13 +179,13 @@ class CachedTeacher(Teacher):
         return self.manifest["teacher"]
 
 
-def points_source(dataset: NuScenesMultiView) -> dict:
+def points_source(version: str, seed: int, points: PointConfig) -> dict:
     """What decides a dataset's teacher inputs (not where it lives or which samples it holds:
     a missing sample is an error when asked for): version, seed and point loading."""
     return {
-        "version": dataset.version,
-        "seed": dataset.seed,
-        "points": json.loads(json.dumps(dataclasses.asdict(dataset.points))),
+        "version": version,
+        "seed": seed,
+        "points": json.loads(json.dumps(dataclasses.asdict(points))),
     }
 
 

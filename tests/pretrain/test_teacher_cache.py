@@ -33,7 +33,7 @@ def tokens_of(dataset) -> list[str]:
 
 def write(teacher, dataset, out, **kwargs):
     load = lambda index: dataset.sample_points(index)[1]  # noqa: E731
-    source = points_source(dataset)
+    source = points_source(dataset.version, dataset.seed, dataset.points)
     return write_teacher_cache(
         teacher, tokens_of(dataset), load, out, source, progress=False, **kwargs
     )
@@ -80,7 +80,7 @@ def test_a_cache_of_another_teacher_or_source_is_refused_naming_the_difference(d
     write(small_teacher(channels=4), dataset, tmp_path)
     with pytest.raises(CacheMismatchError, match=r"teacher\.channels: cache has 4, this run 8"):
         CachedTeacher(tmp_path, expect_teacher=small_teacher(channels=8).identity())
-    other_source = {**points_source(dataset), "seed": 7}
+    other_source = {**points_source(dataset.version, dataset.seed, dataset.points), "seed": 7}
     with pytest.raises(CacheMismatchError, match=r"source\.seed: cache has 0, this run 7"):
         CachedTeacher(tmp_path, expect_source=other_source)
     with pytest.raises(CacheMismatchError, match=r"teacher\.channels"):
@@ -127,7 +127,11 @@ def test_the_command_line_caches_a_dataset_and_names_missing_samples(dataset, tm
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["teacher"] == HistogramTeacher().identity()
     assert sum(len(shard) for shard in manifest["shards"]) == 3
-    cached = CachedTeacher(out, HistogramTeacher().identity(), points_source(dataset))
+    cached = CachedTeacher(
+        out,
+        HistogramTeacher().identity(),
+        points_source(dataset.version, dataset.seed, dataset.points),
+    )
     assert cached.load(tokens_of(dataset)[1]).shape == (256, 180, 180)
     with pytest.raises(KeyError, match="sample nope is not in the teacher cache"):
         cached.load("nope")
