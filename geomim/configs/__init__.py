@@ -1,0 +1,1 @@
+"""The shipped training configs (YAML), read by `geomim.train --config NAME`."""

@@ -1,0 +1,76 @@
+"""The training data: the dataset a config names, a resumable distributed sampler, the loader.
+
+Sample order does not depend on the number of ranks: the epoch's permutation is drawn from
+(seed, epoch), rank r takes its entries r, r + W, r + 2W, ..., so the k-th micro-batch of every
+rank together always holds the same samples, whatever W and the accumulation make of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from geomim.data import NuScenesMultiView, collate_multiview
+from geomim.training.config import TrainConfig
+
+
+class ResumableSampler(DistributedSampler):
+    """`DistributedSampler` (shuffled per epoch, tail dropped) that can start mid-epoch."""
+
+    def __init__(self, dataset: Dataset, world_size: int, rank: int, seed: int) -> None:
+        super().__init__(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        """Iterate epoch `epoch` from this rank's `start`-th sample on."""
+        self.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+def build_dataset(config: TrainConfig) -> NuScenesMultiView:
+    """The training split with the recipe's augmentation at the model's image size."""
+    height, width = config.model.view_transform.image_size
+    data = config.data
+    return NuScenesMultiView(
+        data.root,
+        version=data.version,
+        split=data.split,
+        cameras=data.cameras,
+        train=True,
+        image_size=(width, height),
+        points=data.points,
+        seed=config.train.seed,
+        cache_dir=data.cache_dir,
+        skip_bad=data.skip_bad,
+    )
+
+
+def build_loader(
+    dataset: NuScenesMultiView, sampler: ResumableSampler, config: TrainConfig, pin: bool
+) -> DataLoader:
+    """Micro-batches of `MultiViewBatch`; its own generator, so that making an iterator does not
+    draw from the global RNG (the trajectory must not depend on where a run was resumed)."""
+    workers = config.data.workers
+    return DataLoader(
+        dataset,
+        batch_size=config.train.micro_batch,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_multiview,
+        pin_memory=pin,
+        drop_last=True,
+        persistent_workers=False,
+        prefetch_factor=2 if workers else None,
+        generator=torch.Generator().manual_seed(config.train.seed),
+    )

@@ -1,0 +1,364 @@
+"""The training loop: one optimizer step over a global batch, repeated until the run is done.
+
+One step = `accumulation` micro-batches per rank, forward and backward each, gradients reduced
+over the ranks after the last one (DDP averages them; FSDP2 reduce-scatters), then clipping,
+AdamW, the schedule. The reported losses are the mean over micro-batches and ranks. Every random
+choice of a step is a function of (seed, step, micro-batch slot), so the trajectory does not
+depend on the number of ranks (for the same micro-batch) or on where a run was resumed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from geomim.checkpoints import write_atomic
+from geomim.data.batch import MultiViewBatch
+from geomim.pretrain.masking import draw_group_masks
+from geomim.pretrain.model import GeoMIMPretrainer, PretrainOutput
+from geomim.pretrain.teacher_cache import points_source
+from geomim.training.checkpointing import (
+    clear_partial_checkpoints,
+    load_checkpoint,
+    read_train_state,
+    restore_rng,
+    save_checkpoint,
+)
+from geomim.training.config import TrainConfig, config_differences, config_to_dict, dump_config
+from geomim.training.data import ResumableSampler, build_dataset, build_loader
+from geomim.training.distributed import (
+    DistributedContext,
+    all_reduce_mean,
+    barrier,
+    gradient_sync,
+    unwrap,
+    wrap_model,
+)
+from geomim.training.metrics import MetricsWriter, truncate_metrics
+from geomim.training.optim import build_optimizer, build_scheduler
+from geomim.training.panel import training_panel
+from geomim.training.teacher_factory import build_teacher
+
+LOSSES = ("total", "reconstruction", "depth")
+CONFIG_FILE = "config.yaml"
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class StepResult:
+    """One optimizer step: losses averaged over micro-batches and ranks, and what the panel
+    draws (this rank's last micro-batch)."""
+
+    losses: dict[str, float]
+    grad_norm: float
+    lr: float
+    output: PretrainOutput
+    batch: MultiViewBatch
+
+
+@dataclass
+class Training:
+    """What the steps change and a checkpoint saves: model, optimizer, schedule, grad scaler, and
+    the number of optimizer steps done."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """How the run's steps fall: per epoch, in all, and micro-batches per rank per step."""
+
+    dataset_size: int
+    steps_per_epoch: int
+    total_steps: int
+    accumulation: int
+
+
+def build_model(config: TrainConfig) -> GeoMIMPretrainer:
+    """The pretrainer and its teacher, initialised from the run's seed (the same on every rank)."""
+    torch.manual_seed(config.train.seed)
+    source = points_source(config.data.version, config.train.seed, config.data.points)
+    model = GeoMIMPretrainer(config.model, build_teacher(config.teacher, source))
+    if config.encoder_weights is not None:
+        model.camera_branch.encoder.load_pretrained(config.encoder_weights)
+    return model
+
+
+def prepare_model(config: TrainConfig, context: DistributedContext) -> nn.Module:
+    """The model on this rank's device, wrapped for data parallelism (DDP or FSDP2) and compiled
+    as configured; the rank's global RNGs seeded after the (rank-independent) initialisation."""
+    model = build_model(config).to(context.device)
+    seed_rank(config.train.seed, context.rank)
+    model = wrap_model(model, context, fsdp=config.train.fsdp)
+    if config.train.compile:  # in place: parameter names (and checkpoints) stay the same
+        unwrap(model).camera_branch.compile()
+        unwrap(model).view_transform.compile()
+    return model
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Global RNGs of this rank: distinct per rank, reproducible per run."""
+    torch.manual_seed(seed + rank)
+    np.random.seed(seed + rank)
+    random.seed(seed + rank)
+
+
+def step_masks(images: Tensor, ratio: float, draw: str, seed: int, step: int, slot: int) -> Tensor:
+    """Complementary masks of one micro-batch (`draw_group_masks`), drawn from (seed, step,
+    slot); slot = micro-batch index x world size + rank, so that the same samples get the same
+    masks whatever the number of ranks and the accumulation."""
+    state = np.random.SeedSequence([seed, step, slot]).generate_state(2, dtype=np.uint32)
+    generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    return draw_group_masks(images, ratio, draw, generator)
+
+
+def train_step(
+    training: Training,
+    micro_batches: list[MultiViewBatch],
+    config: TrainConfig,
+    context: DistributedContext,
+) -> StepResult:
+    """Forward and backward over this rank's micro-batches, then one optimizer step."""
+    model, optimizer, scaler, step = (
+        training.model,
+        training.optimizer,
+        training.scaler,
+        training.step,
+    )
+    model.train()
+    accumulation = len(micro_batches)
+    loop = config.train
+    sums = torch.zeros(len(LOSSES), device=context.device)
+    for index, batch in enumerate(micro_batches):
+        batch = batch.to(context.device)
+        slot = index * context.world_size + context.rank
+        masks = step_masks(
+            batch.images, config.model.mask_ratio, config.model.mask_draw, loop.seed, step, slot
+        )
+        with gradient_sync(model, enabled=index == accumulation - 1):
+            with torch.autocast(
+                context.device.type,
+                dtype=AUTOCAST_DTYPES.get(loop.precision, torch.float32),
+                enabled=loop.precision != "fp32",
+            ):
+                output = model(batch, masks)
+            scaler.scale(output.losses["total"] / accumulation).backward()
+        sums += torch.stack([output.losses[name].detach().float() for name in LOSSES])
+    scaler.unscale_(optimizer)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    max_norm = config.optim.grad_clip if config.optim.grad_clip is not None else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+        grad_norm = grad_norm.full_tensor()
+    lr = training.scheduler.get_last_lr()[0]
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    training.scheduler.step()
+    training.step += 1
+    losses = all_reduce_mean(sums / accumulation).tolist()
+    return StepResult(dict(zip(LOSSES, losses, strict=True)), float(grad_norm), lr, output, batch)
+
+
+def train(
+    config: TrainConfig, context: DistributedContext, resume: Path | None = None
+) -> dict[str, Any]:
+    """Run (or resume) the training a config describes; returns the last metrics record."""
+    run_dir = Path(config.run_dir)
+    if context.is_main:
+        _prepare_run_dir(run_dir, config, resume)
+    dataset = build_dataset(config) if context.is_main else None
+    barrier()  # rank 0 has written the run folder and the data index cache
+    if dataset is None:
+        dataset = build_dataset(config)
+    length = run_length(config, len(dataset), context.world_size)
+    sampler = ResumableSampler(dataset, context.world_size, context.rank, config.train.seed)
+    loader = build_loader(dataset, sampler, config, pin=context.device.type == "cuda")
+    model = prepare_model(config, context)
+    optimizer = build_optimizer(model, config.optim)
+    training = Training(
+        model,
+        optimizer,
+        build_scheduler(optimizer, length.total_steps, config.optim),
+        torch.amp.GradScaler(context.device.type, enabled=config.train.precision == "fp16"),
+    )
+    record = _resume(training, resume, context) if resume is not None else {}
+    writer = MetricsWriter(
+        run_dir,
+        length.total_steps,
+        training.step,
+        enabled=context.is_main,
+        progress=config.log.progress,
+        tensorboard=config.log.tensorboard,
+    )
+    if resume is not None:
+        writer.write_line(f"resumed from {resume} at step {training.step}")
+    try:
+        while training.step < length.total_steps:
+            epoch, step_in_epoch = divmod(training.step, length.steps_per_epoch)
+            per_step = length.accumulation * config.train.micro_batch
+            sampler.set_position(epoch, start=step_in_epoch * per_step)
+            dataset.set_epoch(epoch)
+            record = train_one_epoch(training, loader, length, writer, config, context) or record
+    finally:
+        writer.close()
+    return record
+
+
+def run_length(config: TrainConfig, dataset_size: int, world_size: int) -> RunLength:
+    """Steps per epoch (whole global batches), steps in all, micro-batches per rank per step."""
+    steps_per_epoch = dataset_size // config.train.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"the dataset at {config.data.root} has {dataset_size} samples, fewer than one "
+            f"batch (train.batch_size {config.train.batch_size})"
+        )
+    total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
+    accumulation = config.train.accumulation(world_size)
+    return RunLength(dataset_size, steps_per_epoch, total_steps, accumulation)
+
+
+def train_one_epoch(
+    training: Training,
+    loader: DataLoader,
+    length: RunLength,
+    writer: MetricsWriter,
+    config: TrainConfig,
+    context: DistributedContext,
+) -> dict[str, Any]:
+    """Steps until the epoch (or the run) ends: log, draw panels and save checkpoints on the
+    way. Returns the last metrics record written ({} if none)."""
+    run_dir = Path(config.run_dir)
+    record: dict[str, Any] = {}
+    window: list[StepResult] = []
+    window_start = time.perf_counter()
+    micro_batches: list[MultiViewBatch] = []
+    for batch in loader:
+        micro_batches.append(batch)
+        if len(micro_batches) < length.accumulation:
+            continue
+        result = train_step(training, micro_batches, config, context)
+        micro_batches = []
+        step, done = training.step, training.step == length.total_steps
+        window.append(result)
+        writer.step(result.losses, result.lr)
+        if step % config.log.every == 0 or done:
+            seconds = time.perf_counter() - window_start
+            record = _record(step, length.steps_per_epoch, window, seconds, config)
+            writer.log(record)
+            window, window_start = [], time.perf_counter()
+        if context.is_main and (step % config.log.panel_every == 0 or done):
+            _write_panel(run_dir, step, result, config)
+        if step % config.checkpoint.every == 0 or done:
+            _save(training, length, record, config, context)
+        if done or step % length.steps_per_epoch == 0:
+            break
+    return record
+
+
+def _resume(training: Training, path: Path, context: DistributedContext) -> dict[str, Any]:
+    """Restore every state from a checkpoint; returns its last metrics record."""
+    state = load_checkpoint(path, training.model, training.optimizer)
+    training.scheduler.load_state_dict(state["scheduler"])
+    training.scaler.load_state_dict(state["scaler"])
+    training.step = state["progress"]["step"]
+    if state["world_size"] == context.world_size:  # else each rank keeps its fresh seed
+        restore_rng(state["rng"][context.rank])
+    return state.get("metrics", {})
+
+
+def _save(
+    training: Training,
+    length: RunLength,
+    record: dict[str, Any],
+    config: TrainConfig,
+    context: DistributedContext,
+) -> None:
+    progress = {
+        "step": training.step,
+        "steps_per_epoch": length.steps_per_epoch,
+        "total_steps": length.total_steps,
+        "dataset_size": length.dataset_size,
+    }
+    save_checkpoint(
+        config.run_dir,
+        training.step,
+        training.model,
+        training.optimizer,
+        {
+            "progress": progress,
+            "scheduler": training.scheduler.state_dict(),
+            "scaler": training.scaler.state_dict(),
+            "metrics": record,
+        },
+        context,
+        sharded=config.train.fsdp,
+        keep_last=config.checkpoint.keep_last,
+    )
+
+
+def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: Path | None) -> None:
+    """Create the run folder, save the resolved config, clear what a killed run left behind."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / CONFIG_FILE
+    if resume is not None and config_path.is_file():
+        changed = config_differences(
+            yaml.safe_load(config_path.read_text()), config_to_dict(config)
+        )
+        if changed:
+            print(f"note: resuming with a changed config: {', '.join(changed)}")
+    text = dump_config(config)
+    write_atomic(config_path, lambda temp: Path(temp).write_text(text))
+    clear_partial_checkpoints(run_dir)
+    # records after the step the run restarts from are logged again (a fresh run: all of them)
+    truncate_metrics(run_dir, read_train_state(resume)["progress"]["step"] if resume else 0)
+
+
+def _record(
+    step: int, steps_per_epoch: int, window: list[StepResult], seconds: float, config: TrainConfig
+) -> dict[str, Any]:
+    """A metrics record: the window's mean losses and gradient norm, the last lr, the speed."""
+    record: dict[str, Any] = {"step": step, "epoch": round(step / steps_per_epoch, 4)}
+    for name in LOSSES:
+        key = "loss" if name == "total" else f"loss_{name}"
+        record[key] = sum(r.losses[name] for r in window) / len(window)
+    record["grad_norm"] = sum(r.grad_norm for r in window) / len(window)
+    record["lr"] = window[-1].lr
+    record["steps_per_s"] = round(len(window) / max(seconds, 1e-9), 4)
+    record["samples_per_s"] = round(len(window) * config.train.batch_size / max(seconds, 1e-9), 4)
+    return record
+
+
+def _write_panel(run_dir: Path, step: int, result: StepResult, config: TrainConfig) -> Path:
+    """The PNG panel of sample 0 of this step's last micro-batch (first mask group)."""
+    views = config.model.num_views
+    prediction = result.output.predictions[0]
+    batch = result.batch
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items())
+    image = training_panel(
+        batch.images[0],
+        prediction.depth[:views],
+        batch.depth_maps[0],
+        prediction.prediction[0],
+        result.output.teacher[0],
+        config.model.view_transform.dbound,
+        config.model.view_transform.stride,
+        title=f"step {step}: {losses}",
+    )
+    path = run_dir / "panels" / f"step-{step:08d}.png"
+    write_atomic(path, lambda temp: image.save(temp, format="PNG"))
+    return path

@@ -1,0 +1,109 @@
+"""`python -m geomim.train`: bad configs stop at start-up, before any work; a run's outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+from PIL import Image
+
+from geomim import train as train_cli
+from geomim.training.config import load_config
+from geomim.training.metrics import read_metrics
+from tests.training.runs import tiny_config, write_config
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if start-up gets as far as the process group or the training loop."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started despite a bad config")
+
+    monkeypatch.setattr(train_cli, "init_distributed", refuse)
+    monkeypatch.setattr(train_cli, "train", refuse)
+
+
+def start(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(list(argv))
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.fixture
+def config_file(tmp_path, synthetic_root):
+    return write_config(tmp_path / "config.yaml", tiny_config(synthetic_root, tmp_path / "run"))
+
+
+def test_unknown_key_in_the_file_stops_start_up(tmp_path, capsys, no_work, config_file):
+    data = yaml.safe_load(config_file.read_text())
+    data["train"]["batchsize"] = 4
+    config_file.write_text(yaml.safe_dump(data))
+    error = start(capsys, "--config", str(config_file))
+    assert "unknown key 'train.batchsize'" in error and "did you mean 'batch_size'" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_wrong_type_in_an_override_stops_start_up(tmp_path, capsys, no_work, config_file):
+    error = start(capsys, "--config", str(config_file), "train.epochs=ten")
+    assert "train.epochs: expected int, got str 'ten'" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_stops_start_up(
+    tmp_path, capsys, monkeypatch, no_work, config_file
+):
+    monkeypatch.setenv("WORLD_SIZE", "3")  # as torchrun --nproc_per_node=3 sets it
+    error = start(capsys, "--config", str(config_file))
+    assert "train.batch_size 2 does not split over 3 rank(s) x train.micro_batch 1" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_dataset_stops_start_up(tmp_path, capsys, no_work, config_file):
+    error = start(capsys, "--config", str(config_file), f"data.root={tmp_path / 'nowhere'}")
+    assert f"data.root: no dataset folder at {tmp_path / 'nowhere'}" in error
+    error = start(capsys, "--config", str(config_file), "data.version=v1.0-trainval")
+    assert "has no v1.0-trainval/ tables folder (found ['v1.0-mini'])" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_with_checkpoints_needs_resume(tmp_path, capsys, no_work, config_file):
+    (tmp_path / "run" / "checkpoints" / "step-00000002").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step-00000002" / "train_state.pt").write_bytes(b"")
+    error = start(capsys, "--config", str(config_file))
+    assert "already holds checkpoints; pass --resume auto" in error
+    error = start(capsys, "--config", str(config_file), "--resume", str(tmp_path))
+    assert f"--resume {tmp_path}: {tmp_path} is not a complete checkpoint" in error
+
+
+def test_print_config_shows_the_resolved_config(capsys, config_file):
+    train_cli.main(["--config", str(config_file), "--print-config", "optim.lr=0.5"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 0.5
+    assert printed["teacher"]["kind"] == "histogram"
+
+
+def test_bf16_checkpointed_accumulating_run_writes_config_metrics_panel_and_checkpoint(
+    tmp_path, synthetic_root
+):
+    settings = tiny_config(
+        synthetic_root,
+        tmp_path / "run",
+        train={"max_steps": 2, "precision": "bf16"},
+        model={"grad_checkpointing": True},
+        log={"every": 1, "panel_every": 2, "progress": True, "tensorboard": True},
+    )
+    config_file = write_config(tmp_path / "config.yaml", settings)
+    train_cli.main(["--config", str(config_file)])
+    run_dir = tmp_path / "run"
+    assert load_config(run_dir / "config.yaml") == load_config(config_file)
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(math.isfinite(r["loss"]) and r["steps_per_s"] > 0 for r in records)
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["epoch"] == 0.5
+    panel = Image.open(run_dir / "panels" / "step-00000002.png")
+    assert panel.width > 2 * 128 and panel.height > 3 * 128
+    assert (run_dir / "checkpoints" / "step-00000002" / "model.safetensors").is_file()
