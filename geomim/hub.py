@@ -1,7 +1,11 @@
 """Official GeoMIM checkpoints to Hugging Face Hub folders, and their upload.
 
 python -m geomim.hub convert geomim_base.pth ./geomim_base --variant geomim_base
+python -m geomim.hub convert bevdet-geomim.pth ./bevdet_backbone --variant geomim_base
 python -m geomim.hub push ./geomim_base your-org/geomim_base.nuscenes
+
+`convert` takes the released backbone, a pretraining checkpoint, or a whole BEVDet / BEVDepth /
+BEVFusion detector checkpoint, whose camera backbone it takes out (it reports what it dropped).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from geomim.checkpoints import (
     write_atomic,
 )
 from geomim.models.swin import ARCHITECTURES
-from geomim.models.swin_convert import checkpoint_filter_fn
+from geomim.models.swin_convert import BackboneSplit, checkpoint_filter_fn, split_backbone
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -31,12 +35,21 @@ WEIGHTS_NAME = "model.safetensors"
 def convert_official(
     src: str | os.PathLike | Mapping[str, Tensor], variant: str
 ) -> dict[str, Tensor]:
-    """Convert an official checkpoint (file or loaded dict, any official form) to `variant`'s keys.
+    """Convert an official checkpoint (file or loaded dict: the released backbone, a pretraining
+    or a BEVDet / BEVDepth / BEVFusion detector checkpoint) to `variant`'s keys.
 
     Raises `CheckpointError` listing every missing or unexpected key, or the wrong shapes.
     """
+    return convert_checkpoint(src, variant)[0]
+
+
+def convert_checkpoint(
+    src: str | os.PathLike | Mapping[str, Tensor], variant: str
+) -> tuple[dict[str, Tensor], BackboneSplit]:
+    """`convert_official`, and where the camera backbone was in the checkpoint and what else it
+    held (a detector's neck, view transform and heads; a pretraining decoder), left aside."""
     state_dict = unwrap_state_dict(src) if isinstance(src, Mapping) else read_checkpoint(src)
-    return checkpoint_filter_fn(state_dict, _meta_model(variant))
+    return checkpoint_filter_fn(state_dict, _meta_model(variant)), split_backbone(state_dict)
 
 
 def write_hub_folder(
@@ -128,8 +141,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m geomim.hub", description=__doc__.splitlines()[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    convert = commands.add_parser("convert", help="official .pth -> Hub-ready folder")
-    convert.add_argument("src", help="official checkpoint (.pth or .safetensors)")
+    convert = commands.add_parser(
+        "convert", help="official or detector checkpoint -> Hub-ready folder"
+    )
+    convert.add_argument(
+        "src",
+        help="official backbone, pretraining or BEVDet / BEVDepth / BEVFusion detector "
+        "checkpoint (.pth or .safetensors)",
+    )
     convert.add_argument("out_dir", help="folder for model.safetensors, config.json, README.md")
     convert.add_argument("--variant", required=True, choices=sorted(ARCHITECTURES))
     push = commands.add_parser("push", help="upload a converted folder to the Hugging Face Hub")
@@ -141,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "convert":
-        state_dict = convert_official(args.src, args.variant)
+        state_dict, split = convert_checkpoint(args.src, args.variant)
+        print(split.summary())
         folder = write_hub_folder(state_dict, args.variant, args.out_dir, Path(args.src).name)
         print(f"wrote {len(state_dict)} tensors for {args.variant} to {folder}")
     else:

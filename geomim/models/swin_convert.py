@@ -1,22 +1,29 @@
 """Official GeoMIM Swin checkpoints -> `GeoMIMSwin` state dicts (timm's `checkpoint_filter_fn`).
 
 Accepted forms: the released backbone (`SwinTransformerBEVFT` keys), the pretraining checkpoint
-(`encoders.camera.backbone.` inside `state_dict`, decoder keys dropped), BEVDet detectors
-(`img_backbone.`), `backbone.` / `module.` prefixes, and our own safetensors.
+(`encoders.camera.backbone.` inside `state_dict`, decoder keys dropped), detector checkpoints
+(BEVDet / mmdet3d `img_backbone.`, BEVDepth `model.backbone.img_backbone.`, BEVFusion
+`encoders.camera.backbone.`; with the official backbone class or geomim's `GeoMIMBackbone`
+adapter), `backbone.` / `module.` prefixes, and our own safetensors.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections import Counter
+from dataclasses import dataclass
 
 from timm.layers import resize_rel_pos_bias_table
 from torch import Tensor, nn
 
 from geomim.checkpoints import CheckpointError, fit_to_model
 
-# Prefixes under which a whole model stores the backbone; the first one present is selected.
+# Module names under which a whole model stores the camera backbone, wherever they sit in the
+# model (BEVDepth nests it: `model.backbone.img_backbone.`); the first one present is selected.
 BACKBONE_PREFIXES = ("encoders.camera.backbone.", "img_backbone.", "backbone.")
+# What geomim's `GeoMIMBackbone` adapter puts before the timm model's keys.
+ADAPTER_PREFIX = "model."
 # Keys of the pretraining decoder that share the backbone's namespace in `SwinTransformerBEV`.
 PRETRAIN_DECODER_KEYS = re.compile(
     r"^(mask_token|decoder_\w+|up_p4_fc|up_smooth_p4|final_norm|cam_pose)(\.|$)"
@@ -31,17 +38,72 @@ OFFICIAL_RENAMES = (
 )
 
 
+@dataclass(frozen=True)
+class BackboneSplit:
+    """A checkpoint's camera-backbone tensors (wrapper prefixes removed) and what else it holds."""
+
+    tensors: dict[str, Tensor]
+    prefix: str  # where the backbone was found; "" when the checkpoint is a backbone alone
+    left_aside: dict[str, int]  # group of keys the backbone conversion does not use -> tensors
+
+    def summary(self) -> str:
+        """A few lines for people: where the backbone was, what was dropped."""
+        where = f"under {self.prefix!r}" if self.prefix else "at the top level"
+        lines = [f"camera backbone: {len(self.tensors)} tensors {where}"]
+        if self.left_aside:
+            total = sum(self.left_aside.values())
+            lines.append(f"dropped: {total} tensors in {len(self.left_aside)} groups")
+            shown = sorted(self.left_aside.items(), key=lambda item: (-item[1], item[0]))
+            lines += [f"  {group}: {count}" for group, count in shown[:12]]
+            if len(shown) > 12:
+                lines.append(f"  ... {len(shown) - 12} more groups")
+        return "\n".join(lines)
+
+
+def split_backbone(state_dict: dict[str, Tensor]) -> BackboneSplit:
+    """Find the camera backbone in any official, detector or wrapped checkpoint."""
+    state_dict = {_strip(key, "module."): value for key, value in state_dict.items()}
+    prefix = _backbone_prefix(state_dict)
+    tensors = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if tensors and all(key.startswith(ADAPTER_PREFIX) for key in tensors):
+        tensors = {key[len(ADAPTER_PREFIX) :]: value for key, value in tensors.items()}
+    depth = max(1, prefix.count("."))
+    left_aside = Counter(_group(key, depth) for key in state_dict if not key.startswith(prefix))
+    decoder = sum(1 for key in tensors if PRETRAIN_DECODER_KEYS.match(key))
+    if decoder:
+        left_aside[f"{prefix}(pretraining decoder)"] = decoder
+    return BackboneSplit(tensors, prefix, dict(left_aside))
+
+
 def select_backbone(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """The camera backbone's tensors of any official checkpoint, without wrapper prefixes."""
-    state_dict = {_strip(key, "module."): value for key, value in state_dict.items()}
-    for prefix in BACKBONE_PREFIXES:
-        if any(key.startswith(prefix) for key in state_dict):
-            return {
-                key[len(prefix) :]: value
-                for key, value in state_dict.items()
-                if key.startswith(prefix)
-            }
-    return state_dict
+    return split_backbone(state_dict).tensors
+
+
+def _backbone_prefix(state_dict: dict[str, Tensor]) -> str:
+    """The key prefix ending in the first of `BACKBONE_PREFIXES` found at a name boundary (the
+    one most keys share, if several), or "" for a bare backbone."""
+    for marker in BACKBONE_PREFIXES:
+        found = Counter()
+        for key in state_dict:
+            if key.startswith(marker):
+                found[marker] += 1
+            elif (at := key.find("." + marker)) >= 0:
+                found[key[: at + 1 + len(marker)]] += 1
+        if found:
+            return min(found, key=lambda prefix: (-found[prefix], len(prefix)))
+    return ""
+
+
+def _group(key: str, depth: int) -> str:
+    """The first `depth` names of a key, never its last (the tensor's own name)."""
+    names = key.split(".")
+    if len(names) == 1:
+        return "(top-level tensors)"  # e.g. the `ema_*` buffers of mmdet's EMA hooks
+    names = names[: min(depth, len(names) - 1)]
+    while len(names) > 1 and names[-1].isdigit():  # "fuser.0" -> "fuser"
+        names.pop()
+    return ".".join(names)
 
 
 def official_to_geomim(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
