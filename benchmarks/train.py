@@ -160,6 +160,11 @@ def run_child(size: str, variant: str, args: argparse.Namespace) -> dict:
     if child.returncode != 0 or result is None:
         print(f"[{size} {variant}] FAILED with exit status {child.returncode}")
         return {"row": f"{size} {variant}", "error": f"exit status {child.returncode}"}
+    print(
+        f"[{size} {variant}] {result['steps_per_s']:.3f} steps/s, first step "
+        f"{result['first_step_s']:.1f} s, peak {result['peak_memory_gib']:.2f} GiB "
+        f"({result['memory_kind']})"
+    )
     return result
 
 
@@ -193,10 +198,24 @@ def main() -> None:
             args.data = Path(temp) / "synthetic-nuscenes"
             print(f"writing a 2-sample synthetic dataset (1600 x 900 cameras) to {args.data}")
             generate(args.data, scenes=1, samples_per_scene=2, sweeps_per_sample=1, progress=False)
-        rows = [run_child(s, v, args) for s in args.sizes for v in args.variants]
+        rows = []
+        for size in args.sizes:
+            for variant in args.variants:
+                rows.append(run_child(size, variant, args))
+                save_partial(args, machine, rows)  # an interrupted run keeps the rows it has
     print_table(rows)
-    report = {"machine": machine, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
-    write_report(args.out, report, ok=all("error" not in row for row in rows))
+    write_report(args.out, report(args, machine, rows), ok=all("error" not in r for r in rows))
+
+
+def report(args: argparse.Namespace, machine: dict, rows: list[dict]) -> dict:
+    """The JSON report: machine, arguments, one entry per row."""
+    return {"machine": machine, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
+
+
+def save_partial(args: argparse.Namespace, machine: dict, rows: list[dict]) -> None:
+    """The rows so far, at the report's path (overwritten by the final report)."""
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report(args, machine, rows), indent=2) + "\n")
 
 
 if __name__ == "__main__":
