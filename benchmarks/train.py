@@ -179,7 +179,7 @@ def print_table(rows: list[dict]) -> None:
             continue
         ratio = row["steps_per_s"] / baseline[row["size"]] if row["size"] in baseline else None
         print(
-            f"| {row['row']} | {row['steps_per_s']:.3f} | {row['samples_per_s']:.2f} | "
+            f"| {row['row']} | {row['steps_per_s']:.3g} | {row['samples_per_s']:.3g} | "
             f"{f'{ratio:.2f}x' if ratio else '-'} | {row['first_step_s']:.1f} | "
             f"{row['peak_memory_gib']:.2f} ({row['memory_kind']}) |"
         )

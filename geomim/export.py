@@ -71,6 +71,13 @@ def export_run(
     step = state["progress"]["step"]
     metadata = {"format": "pt", "architecture": name, "source": f"{run_dir} step {step}"}
     save_safetensors_atomic(encoder.state_dict(), out_dir / WEIGHTS_NAME, metadata=metadata)
+    height, width = config.model.view_transform.image_size
+    encoder.pretrained_cfg = {  # what config.json tells timm about these weights
+        **encoder.pretrained_cfg,
+        "tag": "geomim_train",
+        "input_size": (3, height, width),
+        "notes": [f"geomim.train run {run_dir}, step {step}, teacher {config.teacher.kind}"],
+    }
     write_atomic(
         out_dir / "config.json",
         lambda path: save_config_for_hf(encoder, path, model_args=encoder_kwargs(config)),
