@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -77,3 +78,20 @@ def write_report(path: Path, report: dict, ok: bool) -> None:
     print(f"wrote {path}")
     if not ok:
         sys.exit(1)
+
+
+def stream_child(command: list[str], label: str, result_prefix: str) -> dict | None:
+    """Run a benchmark child process, streaming its output; the JSON it printed after
+    `result_prefix`, or None (with a message) if it failed."""
+    result = None
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.startswith(result_prefix):
+                result = json.loads(line.removeprefix(result_prefix))
+            else:
+                print(line, end="", flush=True)
+    if child.returncode != 0 or result is None:
+        print(f"[{label}] FAILED with exit status {child.returncode}")
+        return None
+    return result

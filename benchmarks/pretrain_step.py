@@ -33,7 +33,6 @@ import json
 import math
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -41,7 +40,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from common import machine_info, time_rounds, write_report
+from common import machine_info, stream_child, time_rounds, write_report
 from timm.models.vision_transformer import Attention
 from torch import Tensor
 
@@ -299,17 +298,9 @@ def run_child(name: str, repeats: int, args: argparse.Namespace) -> dict:
         str(args.points),
     ]
     print(f"\n[{name}] {args.warmup} warmup + {repeats} timed steps, fresh process", flush=True)
-    result = None
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1) as child:
-        assert child.stdout is not None
-        for line in child.stdout:
-            if line.startswith(RESULT_PREFIX):
-                result = json.loads(line.removeprefix(RESULT_PREFIX))
-            else:
-                print(line, end="", flush=True)
-    if child.returncode != 0 or result is None:
-        print(f"[{name}] FAILED with exit status {child.returncode}")
-        return {"config": name, "error": f"exit status {child.returncode}"}
+    result = stream_child(command, f"{name}", RESULT_PREFIX)
+    if result is None:
+        return {"config": name, "error": "failed"}
     return result
 
 

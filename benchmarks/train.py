@@ -20,14 +20,13 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import machine_info, time_rounds, write_report
+from common import machine_info, stream_child, time_rounds, write_report
 
 from geomim.data import NuScenesMultiView, collate_multiview
 from geomim.data.synthetic import generate
@@ -149,17 +148,9 @@ def run_child(size: str, variant: str, args: argparse.Namespace) -> dict:
         "--device", args.device,
     ]  # fmt: skip
     print(f"\n[{size} {variant}] fresh process", flush=True)
-    result = None
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1) as child:
-        assert child.stdout is not None
-        for line in child.stdout:
-            if line.startswith(RESULT_PREFIX):
-                result = json.loads(line.removeprefix(RESULT_PREFIX))
-            else:
-                print(line, end="", flush=True)
-    if child.returncode != 0 or result is None:
-        print(f"[{size} {variant}] FAILED with exit status {child.returncode}")
-        return {"row": f"{size} {variant}", "error": f"exit status {child.returncode}"}
+    result = stream_child(command, f"{size} {variant}", RESULT_PREFIX)
+    if result is None:
+        return {"row": f"{size} {variant}", "error": "failed"}
     print(
         f"[{size} {variant}] {result['steps_per_s']:.3f} steps/s, first step "
         f"{result['first_step_s']:.1f} s, peak {result['peak_memory_gib']:.2f} GiB "

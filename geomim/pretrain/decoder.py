@@ -43,6 +43,20 @@ class DecoderConfig:
     pos_embed_grid: tuple[int, int] = (7, 7)
     norm_eps: float = 1e-5
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.geometry_tap < self.semantic_depth:
+            raise ValueError(
+                f"geometry_tap {self.geometry_tap} must index one of the "
+                f"{self.semantic_depth} semantic blocks"
+            )
+        for branch in ("semantic", "geometry"):
+            depth, after = getattr(self, f"{branch}_depth"), getattr(self, f"{branch}_cross_view")
+            if any(not 0 <= i < depth for i in after):
+                raise ValueError(
+                    f"{branch}_cross_view {tuple(after)} must index the {depth} {branch} blocks "
+                    f"(0..{depth - 1}): a cross-view block after a missing block never runs"
+                )
+
 
 class GeoMIMDecoder(nn.Module):
     """Decodes the masked encoder's stride-16/32 outputs into semantic and geometry maps."""
@@ -56,11 +70,6 @@ class GeoMIMDecoder(nn.Module):
         c5_dim: int | None = None,
     ) -> None:
         super().__init__()
-        if not 0 <= config.geometry_tap < config.semantic_depth:
-            raise ValueError(
-                f"geometry_tap {config.geometry_tap} must index one of the "
-                f"{config.semantic_depth} semantic blocks"
-            )
         self.config = config
         self.num_views = num_views
         width, heads = config.width, config.heads

@@ -13,31 +13,12 @@ import sys
 import pytest
 import torch
 
-from geomim.kernels import _triton
 from geomim.kernels import triton_bev_pool as module
 from geomim.kernels.bev_pool import reference_bev_pool
 from geomim.kernels.triton_bev_pool import Intervals, bev_pool_intervals, triton_bev_pool
 from tests.kernels.triton_compile import compile_for_gpu
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@pytest.fixture
-def interpreter(monkeypatch):
-    """Run Triton kernels on the CPU interpreter for this test."""
-    pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    if not _triton.interpreting():  # someone pinned triton.knobs.runtime.interpret in Python
-        pytest.skip("triton.knobs.runtime.interpret is pinned off")
-
-
-@pytest.fixture
-def compiled(monkeypatch):
-    """Compile Triton kernels (a suite run under TRITON_INTERPRET=1 would interpret them)."""
-    triton = pytest.importorskip("triton")
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    if _triton.interpreting() or not isinstance(triton.language.standard.sum, triton.JITFunction):
-        pytest.skip("Triton was imported under TRITON_INTERPRET=1: it only interprets now")
 
 
 def make_points(

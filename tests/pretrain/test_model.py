@@ -21,7 +21,12 @@ def tiny_config(**overrides) -> PretrainConfig:
     return PretrainConfig(
         **{"encoder": "geomim_test", "teacher_patch": 8, **overrides},
         decoder=DecoderConfig(
-            width=32, heads=2, semantic_depth=4, geometry_tap=1, geometry_depth=2
+            width=32,
+            heads=2,
+            semantic_depth=4,
+            semantic_cross_view=(1, 3),
+            geometry_tap=1,
+            geometry_depth=2,
         ),
         view_transform=ViewTransformConfig(
             in_channels=32,
@@ -129,6 +134,13 @@ def test_a_cva_vit_encoder_pretrains_on_visible_tokens_only(batch):
     encoder = model.camera_branch.encoder
     assert encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     assert encoder.cva["1"].attn.proj.weight.grad.abs().sum() > 0  # zero-initialised: proj first
+
+
+def test_cross_view_blocks_after_missing_blocks_are_errors():
+    with pytest.raises(ValueError, match=r"semantic_cross_view \(1, 5\) must index the 4"):
+        DecoderConfig(semantic_depth=4)
+    with pytest.raises(ValueError, match="geometry_tap 8 must index one of the 8"):
+        DecoderConfig(geometry_tap=8)
 
 
 def test_unknown_mask_draws_and_ratios_are_errors():
