@@ -18,13 +18,13 @@ import os
 import torch
 
 BACKENDS: dict[str, tuple[str, ...]] = {
-    "window_attention": ("triton", "flex", "sdpa", "reference"),
+    "window_attention": ("triton", "flex", "chunked", "sdpa", "reference"),
     "bev_pool": ("triton", "index_add", "reference"),
     "splat": ("triton", "sparse", "index_add", "reference"),
     "row_attention": ("triton", "sdpa", "reference"),
 }
 CPU_DEFAULTS = {
-    "window_attention": "sdpa",
+    "window_attention": "chunked",
     "bev_pool": "index_add",
     "splat": "sparse",
     "row_attention": "sdpa",

@@ -5,11 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geomim.kernels import attention_with_bias, reference_attention_with_bias, window_attention
+from geomim.kernels import (
+    attention_with_bias,
+    chunked_attention,
+    reference_attention_with_bias,
+    window_attention,
+)
 from geomim.kernels.attention import window_mask_from_groups
 from geomim.layers import relative_position_index
 
-CPU_BACKENDS = ["sdpa", "flex"]
+CPU_BACKENDS = ["chunked", "sdpa", "flex"]
+TRAINING_BACKENDS = ["chunked", "sdpa"]
 
 
 def problem(windows: int, heads: int, window: int, head_dim: int, groups: int | None, seed: int):
@@ -36,8 +42,9 @@ def test_backends_match_the_official_formulation(backend, groups):
     torch.testing.assert_close(ours, official, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", TRAINING_BACKENDS)
 @pytest.mark.parametrize("groups", [None, 2, 6], ids=["no-mask", "mask-per-window", "per-image"])
-def test_sdpa_gradients_match_the_official_formulation(groups):
+def test_gradients_match_the_official_formulation(backend, groups):
     qkv, table, index, mask = problem(6, 2, 4, 8, groups, seed=0)
     qkv.requires_grad_(True)
     table.requires_grad_(True)
@@ -45,10 +52,36 @@ def test_sdpa_gradients_match_the_official_formulation(groups):
         torch.autograd.grad(
             window_attention(qkv, table, index, mask, backend=name).square().sum(), (qkv, table)
         )
-        for name in ("reference", "sdpa")
+        for name in ("reference", backend)
     ]
     for ours, official in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(ours, official, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_windows", [1, 2, 5])
+def test_chunked_attention_is_exact_whatever_the_chunking(monkeypatch, chunk_windows):
+    """Chunks of 1, 2 or 5 windows over 12 windows whose masks repeat every 3 windows: chunks
+    stop at every mask period, forward and backward agree with the official formulation."""
+    qkv, table, index, mask = problem(12, 2, 4, 8, 3, seed=6)
+    bytes_per_window = 2 * 16 * 16 * qkv.element_size()
+    monkeypatch.setattr(chunked_attention, "CHUNK_BYTES", chunk_windows * bytes_per_window)
+    qkv.requires_grad_(True)
+    table.requires_grad_(True)
+    results = []
+    for name in ("reference", "chunked"):
+        out = window_attention(qkv, table, index, mask, backend=name)
+        results.append((out, *torch.autograd.grad(out.square().sum(), (qkv, table))))
+    for ours, official in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(ours, official, atol=1e-4, rtol=1e-5)
+
+
+def test_chunked_attention_runs_in_the_dtype_of_its_inputs_under_autocast():
+    qkv, table, index, mask = problem(4, 2, 4, 8, 2, seed=7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = window_attention(qkv, table, index, mask, backend="chunked")
+    assert out.dtype == torch.float32
+    official = window_attention(qkv, table, index, mask, backend="reference")
+    torch.testing.assert_close(out, official, atol=1e-5, rtol=1e-5)
 
 
 def test_flex_on_the_cpu_refuses_training_clearly():
@@ -57,9 +90,10 @@ def test_flex_on_the_cpu_refuses_training_clearly():
         window_attention(qkv.requires_grad_(True), table, index, mask, backend="flex")
 
 
-def test_a_token_in_no_group_attends_uniformly_as_the_official_code():
+@pytest.mark.parametrize("backend", TRAINING_BACKENDS)
+def test_a_token_in_no_group_attends_uniformly_as_the_official_code(backend):
     qkv, table, index, mask = problem(2, 1, 2, 4, 2, seed=1)
-    out = window_attention(qkv, table, index, mask, backend="sdpa")
+    out = window_attention(qkv, table, index, mask, backend=backend)
     values = qkv[:, :, 2, 0]  # (B, L, D)
     torch.testing.assert_close(out[:, 0], values.mean(dim=1), atol=1e-6, rtol=0)
 

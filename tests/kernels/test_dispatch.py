@@ -15,7 +15,7 @@ CPU = torch.device("cpu")
 
 def test_the_argument_beats_the_environment_which_beats_the_process_setting(monkeypatch):
     monkeypatch.delenv("GEOMIM_KERNELS", raising=False)
-    assert choose_backend("window_attention", CPU) == "sdpa"  # the CPU default
+    assert choose_backend("window_attention", CPU) == "chunked"  # the CPU default
     set_backend("window_attention", "flex")
     try:
         assert choose_backend("window_attention", CPU) == "flex"
@@ -33,7 +33,7 @@ def test_the_backend_that_ran_can_be_asked_for(monkeypatch):
     monkeypatch.delenv("GEOMIM_KERNELS", raising=False)
     attention = WindowAttention(dim=8, num_heads=2, window=2)
     attention(torch.randn(3, 4, 8))
-    assert last_backend("window_attention") == "sdpa"
+    assert last_backend("window_attention") == "chunked"
     attention.fused_attn = False
     attention(torch.randn(3, 4, 8))
     assert last_backend("window_attention") == "reference"
