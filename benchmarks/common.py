@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,18 +82,27 @@ def write_report(path: Path, report: dict, ok: bool) -> None:
         sys.exit(1)
 
 
-def stream_child(command: list[str], label: str, result_prefix: str) -> dict | None:
+def stream_child(
+    command: list[str], label: str, result_prefix: str, timeout_s: float | None = None
+) -> dict | None:
     """Run a benchmark child process, streaming its output; the JSON it printed after
-    `result_prefix`, or None (with a message) if it failed."""
+    `result_prefix`, or None (with a message) if it failed or ran past `timeout_s` (killed)."""
     result = None
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1) as child:
+        timer = threading.Timer(timeout_s, child.kill) if timeout_s else None
+        if timer is not None:
+            timer.start()
         assert child.stdout is not None
         for line in child.stdout:
             if line.startswith(result_prefix):
                 result = json.loads(line.removeprefix(result_prefix))
             else:
                 print(line, end="", flush=True)
+    if timer is not None:
+        timer.cancel()
     if child.returncode != 0 or result is None:
-        print(f"[{label}] FAILED with exit status {child.returncode}")
+        killed = timer is not None and child.returncode == -signal.SIGKILL
+        reason = f"killed after {timeout_s:g} s" if killed else f"exit status {child.returncode}"
+        print(f"[{label}] FAILED: {reason}")
         return None
     return result

@@ -280,7 +280,16 @@ def use_official_formulation(model: GeoMIMPretrainer) -> None:
     for module in model.modules():
         if isinstance(module, Attention):  # timm's, in the decoder and cross-view blocks
             module.fused_attn = False
-    view_transform_module.bev_pool = cumsum_pool  # this process only (one config per process)
+    view_transform_module.splat = official_splat  # this process only (one config per process)
+
+
+def official_splat(
+    depth: Tensor, context: Tensor, cells: Tensor, num_cells: int, key: object = None
+) -> Tensor:
+    """`splat`'s contract computed as the official LSS: the (points, C) outer product of depth
+    and context materialised, then pooled with the cumulative-sum trick."""
+    features = (depth[..., None] * context[:, None]).reshape(-1, context.shape[-1])
+    return cumsum_pool(features, cells.reshape(-1), num_cells + 1)[:-1]
 
 
 def run_child(name: str, repeats: int, args: argparse.Namespace) -> dict:

@@ -56,6 +56,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--data", type=Path, help="synthetic dataset (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train.json"))
+    parser.add_argument(
+        "--row-timeout", type=float, default=1800, help="seconds before a row is stopped"
+    )
     parser.add_argument("--only", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeats < 1 or args.base_repeats < 1 or args.warmup < 0:
@@ -148,9 +151,9 @@ def run_child(size: str, variant: str, args: argparse.Namespace) -> dict:
         "--device", args.device,
     ]  # fmt: skip
     print(f"\n[{size} {variant}] fresh process", flush=True)
-    result = stream_child(command, f"{size} {variant}", RESULT_PREFIX)
+    result = stream_child(command, f"{size} {variant}", RESULT_PREFIX, args.row_timeout)
     if result is None:
-        return {"row": f"{size} {variant}", "error": "failed"}
+        return {"row": f"{size} {variant}", "error": f"failed or over {args.row_timeout:g} s"}
     print(
         f"[{size} {variant}] {result['steps_per_s']:.3f} steps/s, first step "
         f"{result['first_step_s']:.1f} s, peak {result['peak_memory_gib']:.2f} GiB "
