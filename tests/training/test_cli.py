@@ -8,6 +8,7 @@ import math
 import pytest
 import yaml
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from geomim import train as train_cli
 from geomim.training.config import load_config
@@ -107,3 +108,9 @@ def test_bf16_checkpointed_accumulating_run_writes_config_metrics_panel_and_chec
     panel = Image.open(run_dir / "panels" / "step-00000002.png")
     assert panel.width > 2 * 128 and panel.height > 3 * 128
     assert (run_dir / "checkpoints" / "step-00000002" / "model.safetensors").is_file()
+    board = EventAccumulator(str(run_dir / "tensorboard"))
+    board.Reload()
+    for name in ("loss", "loss_reconstruction", "loss_depth", "lr"):
+        logged = [(event.step, event.value) for event in board.Scalars(name)]
+        expected = [(r["step"], pytest.approx(r[name], rel=1e-6)) for r in records]
+        assert logged == expected, name
