@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from geomim.kernels import _triton
+from geomim.kernels import _triton, set_backend
 from tests.helpers import FIXTURES
 
 
@@ -54,3 +54,17 @@ def compiled(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     if _triton.interpreting() or not isinstance(triton.language.standard.sum, triton.JITFunction):
         pytest.skip("Triton was imported under TRITON_INTERPRET=1: it only interprets now")
+
+
+@pytest.fixture
+def window_attention_backend(monkeypatch):
+    """`use(name)` runs every window attention of the test on backend `name` and returns whether
+    the layers' fast path should be on (off for "reference", the layers' official path)."""
+    monkeypatch.delenv("GEOMIM_KERNELS", raising=False)
+
+    def use(name: str) -> bool:
+        set_backend("window_attention", name)
+        return name != "reference"
+
+    yield use
+    set_backend("window_attention", None)

@@ -7,6 +7,7 @@ import timm
 import torch
 
 import geomim  # noqa: F401  (registers the models)
+from geomim.kernels import last_backend
 from geomim.models import GeoMIMSwin, checkpoint_filter_fn
 from tests.helpers import official_state_dict
 
@@ -17,16 +18,17 @@ def official_test_model(swin_fixture, **kwargs) -> GeoMIMSwin:
     return model
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fast", "reference"])
+@pytest.mark.parametrize("backend", ["chunked", "sdpa", "flex", "reference"])
 @pytest.mark.parametrize("sample", ["a", "b"])
-def test_outputs_match_official_fixture(swin_fixture, fused, sample):
+def test_outputs_match_official_fixture(swin_fixture, window_attention_backend, backend, sample):
     model = official_test_model(swin_fixture)
-    model.set_fused_attn(fused)
+    model.set_fused_attn(window_attention_backend(backend))
     io = swin_fixture["io"]
     with torch.no_grad():
         c4, c5 = model.forward_intermediates(
             io[f"input_{sample}"], indices=(2, 3), intermediates_only=True
         )
+    assert last_backend("window_attention") == backend
     torch.testing.assert_close(c4, io[f"output_{sample}_stage2"], atol=1e-5, rtol=0)
     torch.testing.assert_close(c5, io[f"output_{sample}_stage3"], atol=1e-5, rtol=0)
 

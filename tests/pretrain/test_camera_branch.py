@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import geomim  # noqa: F401
+from geomim.kernels import last_backend
 from geomim.pretrain.camera import camera_vector
 from geomim.pretrain.camera_branch import CameraBranch
 from geomim.pretrain.convert import pretrain_checkpoint_filter_fn
@@ -30,11 +31,13 @@ def official_tiny(fixture) -> CameraBranch:
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
-@pytest.mark.parametrize("fused", [True, False], ids=["fast", "reference"])
-def test_outputs_match_the_official_encoder_and_decoder(fixture, mode, fused):
+@pytest.mark.parametrize("backend", ["chunked", "sdpa", "reference"])
+def test_outputs_match_the_official_encoder_and_decoder(
+    fixture, window_attention_backend, mode, backend
+):
     model = official_tiny(fixture)
     model.train(mode == "train")
-    model.encoder.set_fused_attn(fused)
+    model.encoder.set_fused_attn(window_attention_backend(backend))
     io = fixture[1]
     with torch.no_grad():
         semantic, geometry = model(
@@ -44,6 +47,7 @@ def test_outputs_match_the_official_encoder_and_decoder(fixture, mode, fused):
             io["camera_to_ego"],
             io["masks"],
         )
+    assert last_backend("window_attention") == backend  # the decoder's smoothing block too
     torch.testing.assert_close(semantic, io[f"{mode}_semantic"], atol=1e-5, rtol=0)
     torch.testing.assert_close(geometry, io[f"{mode}_geometry"], atol=1e-5, rtol=0)
 
