@@ -43,6 +43,7 @@ import torch
 from common import machine_info, stream_child, time_rounds, write_report
 from timm.models.vision_transformer import Attention
 from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
 
 from geomim.data.batch import CameraGeometry, MultiViewBatch
 from geomim.data.geometry import ImageAug, depth_maps
@@ -254,7 +255,14 @@ def run_only(config: StepConfig, repeats: int, warmup: int, num_points: int) -> 
         optimizer.step()
         return loss.item()
 
-    times, outputs = time_rounds({config.name: step}, repeats, warmup)
+    step_flop = 0
+    if warmup > 0:  # the first warmup step also counts what the step computes
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        step_flop = counter.get_total_flops()
+    times, outputs = time_rounds({config.name: step}, repeats, max(0, warmup - 1))
+    gemm_flop_s = gemm_rate(config.autocast or torch.float32)
     return {
         "config": config.name,
         "size": config.size,
@@ -269,7 +277,22 @@ def run_only(config: StepConfig, repeats: int, warmup: int, num_points: int) -> 
         "peak_rss_gib": peak_rss_gib(),
         "points": num_points,
         "depth_pixels": int((batch.depth_maps > 0).sum()),
+        "step_flop": step_flop,  # matmuls and convolutions, forward + backward (+ recompute)
+        "gemm_flop_s": gemm_flop_s,
+        "gemm_floor_s": step_flop / gemm_flop_s,  # those FLOPs at the 4096^2 GEMM rate
     }
+
+
+def gemm_rate(dtype: torch.dtype, size: int = 4096, repeats: int = 3) -> float:
+    """FLOP/s of a size^2 matmul in `dtype` (best of `repeats`), the machine's GEMM ceiling."""
+    a, b = (torch.randn(size, size).to(dtype) for _ in range(2))
+    torch.mm(a, b)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
 def use_official_formulation(model: GeoMIMPretrainer) -> None:
@@ -475,7 +498,7 @@ def format_steps(results: dict[str, dict]) -> str:
     """The step results as aligned plain-text columns, with the RSS target beside base fp32."""
     header = (
         f"{'config':<26} {'params M':>8} {'build s':>8} {'step s':>8} {'steps':>5} "
-        f"{'peak RSS GiB':>12} {'loss':>8}"
+        f"{'peak RSS GiB':>12} {'loss':>8} {'TFLOP':>6} {'GEMM floor s':>12}"
     )
     lines = [header, "-" * len(header)]
     for name, row in results.items():
@@ -484,7 +507,8 @@ def format_steps(results: dict[str, dict]) -> str:
             continue
         line = (
             f"{name:<26} {row['params_m']:>8.1f} {row['build_s']:>8.1f} {row['median_s']:>8.2f} "
-            f"{len(row['seconds']):>5} {row['peak_rss_gib']:>12.2f} {row['last_loss']:>8.4f}"
+            f"{len(row['seconds']):>5} {row['peak_rss_gib']:>12.2f} {row['last_loss']:>8.4f} "
+            f"{row['step_flop'] / 1e12:>6.2f} {row['gemm_floor_s']:>12.1f}"
         )
         if name == TARGET_CONFIG:
             status = "PASS" if row["peak_rss_gib"] <= RSS_TARGET_GIB else "MISS"
