@@ -255,13 +255,12 @@ def run_only(config: StepConfig, repeats: int, warmup: int, num_points: int) -> 
         optimizer.step()
         return loss.item()
 
-    step_flop = 0
-    if warmup > 0:  # the first warmup step also counts what the step computes
-        counter = FlopCounterMode(display=False)
-        with counter:
-            step()
-        step_flop = counter.get_total_flops()
-    times, outputs = time_rounds({config.name: step}, repeats, max(0, warmup - 1))
+    times, outputs = time_rounds({config.name: step}, repeats, warmup)
+    peak_rss = peak_rss_gib()  # before the counted step: the counter's bookkeeping costs memory
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    step_flop = counter.get_total_flops()
     gemm_flop_s = gemm_rate(config.autocast or torch.float32)
     return {
         "config": config.name,
@@ -274,7 +273,7 @@ def run_only(config: StepConfig, repeats: int, warmup: int, num_points: int) -> 
         "median_s": statistics.median(times[config.name]),
         "last_loss": outputs[config.name],
         "rss_after_build_gib": rss_built,
-        "peak_rss_gib": peak_rss_gib(),
+        "peak_rss_gib": peak_rss,
         "points": num_points,
         "depth_pixels": int((batch.depth_maps > 0).sum()),
         "step_flop": step_flop,  # matmuls and convolutions, forward + backward (+ recompute)
