@@ -32,6 +32,7 @@ class _ChunkedAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor | None, None]:
         qkv, bias, mask, out = ctx.saved_tensors
         with torch.autocast(qkv.device.type, enabled=False):
