@@ -158,7 +158,13 @@ def _flex(
             allowed = same & (groups[window, query] >= 0)
             return torch.where(allowed, score + table[index[query, key], h], NEVER)
 
-    return _compiled_flex_attention()(q, k, v, score_mod=score_mod)
+    # one compilation per shape and mask layout: a model has more of them than dynamo's default
+    # recompile limit (8), past which it would silently run flex_attention unfused
+    with torch._dynamo.config.patch(recompile_limit=FLEX_RECOMPILE_LIMIT):
+        return _compiled_flex_attention()(q, k, v, score_mod=score_mod)
+
+
+FLEX_RECOMPILE_LIMIT = 64
 
 
 @cache
