@@ -14,19 +14,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import timm
 import torch
-from common import machine_info, time_rounds, write_report
+from common import GEMM_SIZE, gemm_job, machine_info, time_rounds, write_report
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 FP32_PARITY_TOL = 1e-4
-GEMM_SIZE = 4096
 TARGETS = {"geomim fp32": 1.4, "geomim bf16 autocast": 3.0}
 REFERENCE = "reference fp32"
 
@@ -107,13 +105,6 @@ def run_config(model: nn.Module, images: Tensor, config: Config) -> list[Tensor]
     )
     with torch.inference_mode(), autocast:
         return model.forward_intermediates(images, indices=(2, 3), intermediates_only=True)
-
-
-def gemm_job(dtype: torch.dtype, size: int = GEMM_SIZE) -> Callable[[], Tensor]:
-    """A `size`-square matmul in `dtype` on seeded operands, ready to time."""
-    generator = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(size, size, generator=generator).to(dtype) for _ in range(2))
-    return partial(torch.mm, a, b)
 
 
 def compare(outputs: list[Tensor], reference: list[Tensor]) -> dict[str, list[float]]:

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import timm
@@ -49,6 +50,16 @@ def machine_info() -> dict:
         "bf16_flags": flags,
         "native_bf16": bool(flags),
     }
+
+
+GEMM_SIZE = 4096  # the square matmul that stands for the machine's GEMM ceiling
+
+
+def gemm_job(dtype: torch.dtype, size: int = GEMM_SIZE) -> Callable[[], torch.Tensor]:
+    """A `size`-square matmul in `dtype` on seeded operands, ready to time."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator).to(dtype) for _ in range(2))
+    return partial(torch.mm, a, b)
 
 
 def time_rounds(

@@ -40,7 +40,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from common import machine_info, stream_child, time_rounds, write_report
+from common import GEMM_SIZE, gemm_job, machine_info, stream_child, time_rounds, write_report
 from timm.models.vision_transformer import Attention
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
@@ -282,16 +282,10 @@ def run_only(config: StepConfig, repeats: int, warmup: int, num_points: int) -> 
     }
 
 
-def gemm_rate(dtype: torch.dtype, size: int = 4096, repeats: int = 3) -> float:
-    """FLOP/s of a size^2 matmul in `dtype` (best of `repeats`), the machine's GEMM ceiling."""
-    a, b = (torch.randn(size, size).to(dtype) for _ in range(2))
-    torch.mm(a, b)
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+def gemm_rate(dtype: torch.dtype, repeats: int = 3) -> float:
+    """FLOP/s of the common square matmul in `dtype` (best of `repeats` after one warmup)."""
+    times, _ = time_rounds({"gemm": gemm_job(dtype)}, repeats, warmup=1)
+    return 2 * GEMM_SIZE**3 / min(times["gemm"])
 
 
 def use_official_formulation(model: GeoMIMPretrainer) -> None:

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from geomim.kernels import _triton
-from geomim.kernels._triton import max_along, sum_along  # jitted with the kernels
+from geomim.kernels._triton import sum_along  # jitted with the kernels
 from geomim.kernels.dispatch import choose_backend
-from geomim.kernels.triton_window_attention import _blocks, _cdiv, _dot
+from geomim.kernels.triton_window_attention import _blocks, _cdiv, _dot, _online_softmax_step
 
 if TYPE_CHECKING:  # the kernels get `tl` when jitted (geomim.kernels._triton)
     import triton.language as tl
@@ -172,8 +172,8 @@ def _backward(
 
 def _kernels():
     return _triton.jit(
-        _dot, _bases, _token_offsets, _load_tokens, _store_tokens, _load_visible, _load_keys,
-        _scores, *_KERNELS,
+        _dot, _online_softmax_step, _bases, _token_offsets, _load_tokens, _store_tokens,
+        _load_visible, _load_keys, _scores, *_KERNELS,
     )  # fmt: skip
 
 
@@ -299,12 +299,9 @@ def _forward_kernel(
         )  # fmt: skip
         scores = _scores(q, k, queries, keys, key_visible, tokens, scale, HAS_MASK, PRECISION,
                          UPCAST_DOT)  # fmt: skip
-        new_max = tl.maximum(row_max, max_along(scores, 1))
-        rescale = tl.exp(row_max - new_max)
-        p = tl.exp(scores - new_max[:, None])
-        row_sum = row_sum * rescale + sum_along(p, 1)
-        acc = acc * rescale[:, None] + _dot(p.to(v.dtype), v, PRECISION, UPCAST_DOT)
-        row_max = new_max
+        row_max, row_sum, acc = _online_softmax_step(
+            scores, v, row_max, row_sum, acc, PRECISION, UPCAST_DOT
+        )
     out_offsets = _token_offsets(queries, width, stride_on, stride_ow)
     out = acc / row_sum[:, None]
     _store_tokens(out_ptr + out_base, out_offsets, queries, tokens, head_dim, out, BLOCK_D)

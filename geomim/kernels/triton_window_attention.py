@@ -184,7 +184,7 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, groups: Tensor 
 
 
 def _kernels():
-    return _triton.jit(_load_rows, _load_groups, _dot, _scores, *_KERNELS)
+    return _triton.jit(_load_rows, _load_groups, _dot, _online_softmax_step, _scores, *_KERNELS)
 
 
 def _bias_grad_slots(windows: int) -> int:
@@ -260,6 +260,19 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
     return product
 
 
+def _online_softmax_step(
+    scores, v, row_max, row_sum, acc, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr
+):
+    """One block of keys into a flash-attention forward: the running row max, the running sum of
+    exp(scores - max) and the accumulated probabilities x v, all rescaled to the new max."""
+    new_max = tl.maximum(row_max, max_along(scores, 1))
+    rescale = tl.exp(row_max - new_max)
+    p = tl.exp(scores - new_max[:, None])
+    row_sum = row_sum * rescale + sum_along(p, 1)
+    acc = acc * rescale[:, None] + _dot(p.to(v.dtype), v, PRECISION, UPCAST_DOT)
+    return new_max, row_sum, acc
+
+
 def _scores(
     q,
     k,
@@ -314,12 +327,9 @@ def _forward_kernel(
         col_groups = _load_groups(groups_ptr, window % num_groups, cols, tokens, HAS_GROUPS)
         scores = _scores(q, k, bias_ptr, row_groups, col_groups, rows, cols, tokens, scale,
                          HAS_GROUPS, PRECISION, UPCAST_DOT)  # fmt: skip
-        new_max = tl.maximum(row_max, max_along(scores, 1))
-        rescale = tl.exp(row_max - new_max)
-        p = tl.exp(scores - new_max[:, None])
-        row_sum = row_sum * rescale + sum_along(p, 1)
-        acc = acc * rescale[:, None] + _dot(p.to(v.dtype), v, PRECISION, UPCAST_DOT)
-        row_max = new_max
+        row_max, row_sum, acc = _online_softmax_step(
+            scores, v, row_max, row_sum, acc, PRECISION, UPCAST_DOT
+        )
     acc = acc / row_sum[:, None]
     dims = tl.arange(0, BLOCK_D)
     out_ptr += window * stride_ob + head * stride_oh + rows[:, None] * stride_ol + dims[None, :]
