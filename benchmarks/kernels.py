@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 from common import machine_info, time_rounds, write_report
-from pretrain_step import VIEWS, camera_matrices, cumsum_pool
+from pretrain_step import VIEWS, cumsum_pool
 from timm.models.swin_transformer import WindowAttention as TimmWindowAttention
 from torch import Tensor
 
-from geomim.data.batch import CameraGeometry
+from geomim.data.rig import rig_cameras
 from geomim.kernels import window_attention
 from geomim.kernels.attention import window_mask_from_groups
 from geomim.kernels.bev_pool import bev_pool, reference_bev_pool
@@ -201,7 +201,7 @@ def bench_cross_view(args: argparse.Namespace) -> dict:
 def pool_inputs(device: str) -> tuple[Tensor, Tensor, Tensor, int, str]:
     """Depth (6, 118, 16, 44), context (6, 16, 44, 80) and the cells of the synthetic rig."""
     transform = DepthLSS(ViewTransformConfig())
-    cameras = CameraGeometry(**{name: m[None] for name, m in camera_matrices().items()})
+    cameras = rig_cameras()
     with torch.no_grad():
         cells, num_cells = transform.cells(transform.frustum_points(cameras, torch.eye(4)[None]))
     generator = torch.Generator().manual_seed(0)

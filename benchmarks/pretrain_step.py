@@ -45,8 +45,7 @@ from timm.models.vision_transformer import Attention
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from geomim.data.batch import CameraGeometry, MultiViewBatch
-from geomim.data.geometry import ImageAug, depth_maps
+from geomim.data.rig import OFFICIAL_IMAGE_SIZE, rig_batch, rig_cameras
 from geomim.kernels.bev_pool import bev_pool, reference_bev_pool
 from geomim.pretrain import view_transform as view_transform_module
 from geomim.pretrain.decoder import DecoderConfig
@@ -56,16 +55,8 @@ from geomim.pretrain.teacher import HistogramTeacher
 from geomim.pretrain.view_transform import DepthLSS, ViewTransformConfig
 
 RESULT_PREFIX = "PRETRAIN_STEP_RESULT "
-IMAGE_SIZE = (256, 704)  # (H, W), the official crop
+IMAGE_SIZE = OFFICIAL_IMAGE_SIZE
 VIEWS = 6
-# nuScenes-like rig: yaw of each camera's optical axis (degrees, LiDAR frame, x forward, y left)
-# and focal length in original 1600 x 900 pixels (the back camera is the wide one)
-CAMERA_YAWS = (0.0, -55.0, 55.0, 180.0, 110.0, -110.0)
-FOCALS = (1266.0, 1260.0, 1260.0, 809.0, 1260.0, 1260.0)
-ORIGINAL_SIZE = (1600, 900)  # (W, H)
-IMAGE_AUG = ImageAug(resize=0.48, crop=(32, 176, 736, 432), flip=False, rotate_degrees=0.0)
-CAMERA_HEIGHT = 1.5  # camera above the LiDAR (m)
-LIDAR_HEIGHT = 1.84  # LiDAR above the ego origin (m)
 RSS_TARGET_GIB = 10.0
 OFFICIAL_CONTEXT = (
     "official: 123 s and 21.8 GiB per step on an AVX2-only 2-core machine; "
@@ -139,62 +130,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-# ------------------------------------------------------------------------------ synthetic batch
-def camera_matrices() -> dict[str, Tensor]:
-    """(N, 4, 4) intrinsics, camera_to_lidar, camera_to_ego, lidar_to_image and image_aug."""
-    width, height = ORIGINAL_SIZE
-    intrinsics, to_lidar = [], []
-    for yaw_degrees, focal in zip(CAMERA_YAWS, FOCALS, strict=True):
-        yaw = math.radians(yaw_degrees)
-        forward = [math.cos(yaw), math.sin(yaw), 0.0]  # camera z (optical axis)
-        right = [math.sin(yaw), -math.cos(yaw), 0.0]  # camera x
-        down = [0.0, 0.0, -1.0]  # camera y
-        pose = torch.eye(4, dtype=torch.float64)
-        pose[:3, :3] = torch.tensor([right, down, forward], dtype=torch.float64).T
-        pose[2, 3] = CAMERA_HEIGHT
-        to_lidar.append(pose)
-        k = torch.eye(4, dtype=torch.float64)
-        k[0, 0] = k[1, 1] = focal
-        k[0, 2], k[1, 2] = width / 2, height / 2
-        intrinsics.append(k)
-    intrinsics, camera_to_lidar = torch.stack(intrinsics), torch.stack(to_lidar)
-    camera_to_ego = camera_to_lidar.clone()
-    camera_to_ego[:, 2, 3] += LIDAR_HEIGHT
-    image_aug = torch.from_numpy(IMAGE_AUG.matrix()).expand(VIEWS, 4, 4)
-    matrices = {
-        "intrinsics": intrinsics,
-        "camera_to_ego": camera_to_ego,
-        "camera_to_lidar": camera_to_lidar,
-        "lidar_to_image": intrinsics @ torch.linalg.inv(camera_to_lidar),
-        "image_aug": image_aug,
-    }
-    return {name: matrix.float().contiguous() for name, matrix in matrices.items()}
-
-
-def synthetic_batch(num_points: int, seed: int = 0) -> MultiViewBatch:
-    """One sample: random images and points, realistic cameras, depth maps from the points."""
-    generator = torch.Generator().manual_seed(seed)
-    height, width = IMAGE_SIZE
-    images = torch.randn(1, VIEWS, 3, height, width, generator=generator)
-    low = torch.tensor([-54.0, -54.0, -3.0, 0.0, 0.0])
-    span = torch.tensor([108.0, 108.0, 5.0, 255.0, 0.0])
-    points = low + span * torch.rand(num_points, 5, generator=generator)
-    matrices = camera_matrices()
-    lidar_aug = torch.eye(4)
-    depth = depth_maps(
-        points, matrices["lidar_to_image"], matrices["image_aug"], lidar_aug, IMAGE_SIZE
-    )
-    cameras = CameraGeometry(**{name: matrix[None] for name, matrix in matrices.items()})
-    return MultiViewBatch(
-        tokens=["bench"],
-        images=images,
-        cameras=cameras,
-        lidar_aug=lidar_aug[None],
-        points=[points],
-        depth_maps=depth[None],
-    )
-
-
 def pretrain_config(size: str) -> PretrainConfig:
     """`tiny`: test encoder, decoder width 64 / 4 heads, official image size and BEV grid;
     `base`: the official recipe (`PretrainConfig()`)."""
@@ -225,7 +160,7 @@ def peak_rss_gib() -> float:
 def run_only(config: StepConfig, repeats: int, warmup: int, num_points: int) -> dict:
     """Build model, optimizer and batch; time `warmup` + `repeats` training steps."""
     start = time.perf_counter()
-    batch = synthetic_batch(num_points)
+    batch = rig_batch(num_points=num_points)
     torch.manual_seed(0)
     recipe = replace(pretrain_config(config.size), grad_checkpointing=config.grad_checkpointing)
     model = GeoMIMPretrainer(recipe, HistogramTeacher()).train()
@@ -387,8 +322,7 @@ def pool_inputs(drop: float, seed: int = 0) -> tuple[Tensor, Tensor, int, float,
     spare, and the share of points the rig drops and the share dropped in all. Cells are those
     of `DepthLSS.pool` for the synthetic cameras; random kept points are dropped up to `drop`."""
     transform = DepthLSS(ViewTransformConfig())
-    matrices = camera_matrices()
-    cameras = CameraGeometry(**{name: matrix[None] for name, matrix in matrices.items()})
+    cameras = rig_cameras()
     with torch.no_grad():
         points = transform.frustum_points(cameras, torch.eye(4)[None])  # (1, N, D, h, w, 3)
     cells = ((points - (transform.bx - transform.dx / 2.0)) / transform.dx).long().view(-1, 3)

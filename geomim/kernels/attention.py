@@ -6,15 +6,15 @@ function (`window_attention`) in front of five backends:
 - "chunked" (CPU default): the explicit computation a few windows at a time in a cache-sized
   buffer, the mask added there, with a backward that recomputes the probabilities
   (`chunked_attention`): on CPUs it beats both the official formulation and SDPA.
-- "sdpa": `F.scaled_dot_product_attention` reading q, k, v as strided views of the
+- "sdpa" (CUDA default): `F.scaled_dot_product_attention` reading q, k, v as strided views of the
   qkv projection, the (heads, L, L) bias plus mask passed as a stride-0 expanded 4D mask:
   PyTorch's CPU flash kernel takes only a 4D mask (with a 3D one SDPA falls back to the unfused
   math path); on CUDA the same call reaches the memory-efficient kernel.
 - "flex": FlexAttention, compiled, the bias and the group mask as a score modification that
-  reads the table and the token groups (nothing (L, L)-sized is materialised per window). On
-  the CPU it is forward-only (FlexAttention has no CPU backward).
-- "triton" (CUDA default): the fused kernel of `triton_window_attention` (bias table and token
-  groups read inside the kernel; forward and backward).
+  reads the table and the token groups (nothing (L, L)-sized is materialised per window), on
+  CUDA the groups also as a block mask. On the CPU it is forward-only (no CPU backward).
+- "triton" (opt-in until measured on a GPU): the fused kernel of `triton_window_attention`
+  (bias table and token groups read inside the kernel; forward and backward).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from geomim.kernels.chunked_attention import chunked_attention_with_bias
-from geomim.kernels.dispatch import choose_backend
+from geomim.kernels.dispatch import backend_failures, choose_backend
 
 NEVER = (
     -1e30
@@ -79,6 +79,23 @@ def window_attention(
             f"windows of {tokens} tokens"
         )
     name = choose_backend("window_attention", qkv.device, backend)
+    if (
+        name == "flex"
+        and qkv.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and qkv.requires_grad
+    ):
+        raise NotImplementedError(
+            "window_attention backend 'flex' has no backward on the CPU (FlexAttention's "
+            "limit): use 'chunked' or 'sdpa' for training there"
+        )
+    with backend_failures("window_attention", name, qkv.device):
+        return _run_backend(name, qkv, table, index, mask)
+
+
+def _run_backend(
+    name: str, qkv: Tensor, table: Tensor, index: Tensor, mask: WindowMask | None
+) -> Tensor:
     if name == "reference":
         return _official(qkv, table, index, mask)
     if name == "chunked":
@@ -91,11 +108,6 @@ def window_attention(
         groups = None if mask is None else mask.groups
         return triton_window_attention(q, k, v, table, index, groups).transpose(1, 2).flatten(2)
     if name == "flex":
-        if qkv.device.type == "cpu" and torch.is_grad_enabled() and qkv.requires_grad:
-            raise NotImplementedError(
-                "window_attention backend 'flex' has no backward on the CPU (FlexAttention's "
-                "limit): use 'sdpa' for training there"
-            )
         return _flex(q, k, v, table, index, mask).transpose(1, 2).flatten(2)
     bias = relative_bias(table, index)
     if mask is not None:
@@ -140,10 +152,18 @@ def _official(qkv: Tensor, table: Tensor, index: Tensor, mask: WindowMask | None
 
 
 def _flex(
-    q: Tensor, k: Tensor, v: Tensor, table: Tensor, index: Tensor, mask: WindowMask | None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    table: Tensor,
+    index: Tensor,
+    mask: WindowMask | None,
+    block_sparse: bool | None = None,
 ) -> Tensor:
-    """FlexAttention with the bias table and token groups read by the score modification."""
+    """FlexAttention with the bias table and token groups read by the score modification; the
+    groups also as a block mask (on CUDA by default), so blocks nobody attends to are skipped."""
     table = table.to(q.dtype)
+    block_mask = None
     if mask is None:
 
         def score_mod(score, b, h, query, key):
@@ -158,10 +178,28 @@ def _flex(
             allowed = same & (groups[window, query] >= 0)
             return torch.where(allowed, score + table[index[query, key], h], NEVER)
 
+        if q.is_cuda if block_sparse is None else block_sparse:
+            block_mask = _group_block_mask(groups, q.shape[0], q.shape[2])
+
     # one compilation per shape and mask layout: a model has more of them than dynamo's default
     # recompile limit (8), past which it would silently run flex_attention unfused
     with torch._dynamo.config.patch(recompile_limit=FLEX_RECOMPILE_LIMIT):
-        return _compiled_flex_attention()(q, k, v, score_mod=score_mod)
+        return _compiled_flex_attention()(q, k, v, score_mod=score_mod, block_mask=block_mask)
+
+
+def _group_block_mask(groups: Tensor, batch: int, tokens: int):
+    """The block mask of (G, L) token groups for `batch` windows (window b reads groups[b % G]):
+    a query sees the keys of its group; a query in no group keeps every key (the score
+    modification makes its row uniform, as in the other backends)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    windows = groups.shape[0]
+
+    def mask_mod(b, h, query, key):
+        window = b % windows
+        return (groups[window, query] == groups[window, key]) | (groups[window, query] < 0)
+
+    return create_block_mask(mask_mod, batch, None, tokens, tokens, device=groups.device)
 
 
 FLEX_RECOMPILE_LIMIT = 64

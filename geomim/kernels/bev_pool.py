@@ -20,24 +20,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from geomim.kernels.dispatch import choose_backend
+from geomim.kernels.dispatch import backend_failures, choose_backend
 
 
 def bev_pool(features: Tensor, cells: Tensor, num_cells: int, backend: str | None = None) -> Tensor:
     """(P, C) features and (P,) int64 flat cell indices in [0, num_cells) -> (num_cells, C) sums.
 
-    Backends: "index_add" (the CPU default), "reference" (element-wise scatter), "triton" (the
-    interval-sum kernel of `triton_bev_pool`, the CUDA default).
+    Backends: "index_add" (the default), "reference" (element-wise scatter), "triton" (the
+    interval-sum kernel of `triton_bev_pool`, opt-in).
     """
     _check(features, cells)
     name = choose_backend("bev_pool", features.device, backend)
     if name == "reference":
         return reference_bev_pool(features, cells, num_cells)
-    if name == "triton":
-        from geomim.kernels.triton_bev_pool import bev_pool_intervals, triton_bev_pool
+    with backend_failures("bev_pool", name, features.device):
+        if name == "triton":
+            from geomim.kernels.triton_bev_pool import bev_pool_intervals, triton_bev_pool
 
-        return triton_bev_pool(features, bev_pool_intervals(cells, num_cells), num_cells)
-    return features.new_zeros(num_cells, features.shape[1]).index_add_(0, cells, features)
+            return triton_bev_pool(features, bev_pool_intervals(cells, num_cells), num_cells)
+        return features.new_zeros(num_cells, features.shape[1]).index_add_(0, cells, features)
 
 
 def reference_bev_pool(features: Tensor, cells: Tensor, num_cells: int) -> Tensor:

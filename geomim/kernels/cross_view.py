@@ -8,11 +8,12 @@ query that sees nothing attends to itself. One dispatch function, `row_attention
 
 - "reference": the official formulation: qkv copied into (B*H, heads, N*W, D) rows, q scaled
   times k^T, the mask added as -inf, softmax, times v, the output copied back to view-major.
-- "sdpa" (CPU default): the same copies around `F.scaled_dot_product_attention` (q, k, v strided
+- "sdpa" (the default): the same copies around `F.scaled_dot_product_attention` (q, k, v strided
   as timm's `Attention` passes them; a bool mask only where keys are hidden).
-- "triton" (CUDA default): flash attention (online softmax, the mask read from `key_visible`)
-  that reads q, k, v and writes the output by strides in the view-major layout, and whose
-  backward writes dq, dk, dv into one gradient of qkv's layout: no layout copy either way.
+- "triton" (opt-in until measured on a GPU): flash attention (online softmax, the mask read
+  from `key_visible`) that reads q, k, v and writes the output by strides in the view-major
+  layout, and whose backward writes dq, dk, dv into one gradient of qkv's layout: no layout
+  copy either way.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from geomim.kernels import _triton
 from geomim.kernels._triton import sum_along  # jitted with the kernels
-from geomim.kernels.dispatch import choose_backend
+from geomim.kernels.dispatch import backend_failures, choose_backend
 from geomim.kernels.triton_window_attention import _blocks, _cdiv, _dot, _online_softmax_step
 
 if TYPE_CHECKING:  # the kernels get `tl` when jitted (geomim.kernels._triton)
@@ -39,16 +40,18 @@ def row_attention(
     `key_visible` (B, N, H, W) bool -> (B, N, H, W, heads * D), view-major."""
     _check_inputs(qkv, key_visible)
     name = choose_backend("row_attention", qkv.device, backend)
-    if name == "triton":
-        _triton.check_device(qkv)
-        qkv = qkv if qkv.is_contiguous() else qkv.contiguous()  # the gradient shares its strides
-        visible = None if key_visible is None else key_visible.to(torch.int8).contiguous()
-        return _RowAttention.apply(qkv, visible).flatten(-2)
     if name == "reference":
         return reference_row_attention(qkv, key_visible)
-    q, k, v = _rows(qkv)
-    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=_row_mask(key_visible))
-    return _views_from_rows(attended, qkv.shape[0], qkv.shape[1])
+    if name == "triton":
+        _triton.check_device(qkv)
+    with backend_failures("row_attention", name, qkv.device):
+        if name == "triton":
+            qkv = qkv if qkv.is_contiguous() else qkv.contiguous()  # the gradient's strides
+            visible = None if key_visible is None else key_visible.to(torch.int8).contiguous()
+            return _RowAttention.apply(qkv, visible).flatten(-2)
+        q, k, v = _rows(qkv)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=_row_mask(key_visible))
+        return _views_from_rows(attended, qkv.shape[0], qkv.shape[1])
 
 
 def reference_row_attention(qkv: Tensor, key_visible: Tensor | None = None) -> Tensor:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from geomim.kernels.bev_pool import bev_pool, reference_bev_pool
-from geomim.kernels.dispatch import choose_backend
+from geomim.kernels.dispatch import backend_failures, choose_backend
 
 PLAN_CACHE_SIZE = 8
 _plans: OrderedDict[Hashable, SplatPlan] = OrderedDict()
@@ -101,8 +101,9 @@ def splat(
         )
     name = choose_backend("splat", depth.device, backend)
     if name == "sparse":
-        plan = cached_splat_plan(cells, num_cells, plan_key)
-        return SparseSplat.apply(depth, context, plan)
+        with backend_failures("splat", name, depth.device):
+            plan = cached_splat_plan(cells, num_cells, plan_key)
+            return SparseSplat.apply(depth, context, plan)
     features = (depth[..., None] * context[:, None]).reshape(-1, context.shape[-1])
     flat = cells.reshape(-1)
     if name == "reference":

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from geomim.kernels import (
+    attention,
     attention_with_bias,
     chunked_attention,
     reference_attention_with_bias,
@@ -82,6 +83,16 @@ def test_chunked_attention_runs_in_the_dtype_of_its_inputs_under_autocast():
     assert out.dtype == torch.float32
     official = window_attention(qkv, table, index, mask, backend="reference")
     torch.testing.assert_close(out, official, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [2, 6], ids=["mask-per-window", "per-image"])
+def test_flex_with_the_groups_as_a_block_mask_matches_the_official_formulation(groups):
+    """The CUDA form of the flex backend (groups also as a block mask), run here on the CPU."""
+    qkv, table, index, mask = problem(6, 2, 4, 8, groups, seed=8)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    ours = attention._flex(q, k, v, table, index, mask, block_sparse=True)
+    official = window_attention(qkv, table, index, mask, backend="reference")
+    torch.testing.assert_close(ours.transpose(1, 2).flatten(2), official, atol=1e-5, rtol=1e-5)
 
 
 def test_flex_on_the_cpu_refuses_training_clearly():

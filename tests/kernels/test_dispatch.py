@@ -5,9 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geomim.kernels import bev_pool, last_backend, set_backend, window_attention
+from geomim.kernels import attention, bev_pool, last_backend, set_backend, window_attention
 from geomim.kernels.attention import window_mask_from_groups
-from geomim.kernels.dispatch import choose_backend
+from geomim.kernels.dispatch import (
+    BACKENDS,
+    CUDA_DEFAULTS,
+    KernelBackendError,
+    choose_backend,
+    default_backend,
+    usable_backends,
+)
 from geomim.layers import WindowAttention
 
 CPU = torch.device("cpu")
@@ -75,3 +82,42 @@ def test_the_triton_backends_run_through_the_dispatch_under_the_interpreter(monk
     cells = torch.randint(0, 9, (50,), generator=generator)
     pooled = bev_pool(features, cells, 8, backend="triton")  # cell 8 = dropped
     torch.testing.assert_close(pooled, bev_pool(features, cells, 9, "reference")[:8])
+
+
+def test_cuda_defaults_are_pytorch_maintained_until_a_gpu_run_says_otherwise():
+    assert "triton" not in CUDA_DEFAULTS.values()
+    assert default_backend("window_attention", "cuda") == "sdpa"
+    assert set(CUDA_DEFAULTS) == set(BACKENDS)
+
+
+def test_typos_in_the_environment_are_errors_listing_the_valid_names(monkeypatch):
+    monkeypatch.setenv("GEOMIM_KERNELS", "refrence")
+    with pytest.raises(ValueError, match=r"GEOMIM_KERNELS='refrence': no op has that backend"):
+        choose_backend("window_attention", CPU)
+    monkeypatch.setenv("GEOMIM_KERNELS", "window_attention=sdpa,bev_pool=scater")
+    with pytest.raises(ValueError, match=r"bev_pool has no backend 'scater'; choose from"):
+        choose_backend("window_attention", CPU)  # a typo for another op is caught too
+
+
+def test_triton_is_usable_only_on_cuda_or_under_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert "triton" not in usable_backends("bev_pool", "cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if pytest.importorskip("triton"):
+        assert "triton" in usable_backends("bev_pool", "cpu")
+
+
+def test_a_backend_that_fails_to_run_names_the_op_backend_and_setting(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(attention, "_flex", broken)
+    qkv = torch.randn(2, 4, 3, 1, 4)
+    index = torch.zeros(4, 4, dtype=torch.long)
+    with pytest.raises(KernelBackendError) as raised:
+        window_attention(qkv, torch.randn(9, 1), index, None, "flex")
+    message = str(raised.value)
+    assert "window_attention: backend 'flex' failed on cpu" in message
+    assert "no kernel image" in message
+    assert "GEOMIM_KERNELS=window_attention=chunked" in message
+    assert "python -m geomim.check --device cpu" in message
