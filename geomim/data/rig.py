@@ -11,8 +11,9 @@ import math
 from dataclasses import fields
 
 import torch
+from torch.utils.data import Dataset
 
-from geomim.data.batch import CameraGeometry, MultiViewBatch
+from geomim.data.batch import CameraGeometry, MultiViewBatch, collate_multiview
 from geomim.data.geometry import ImageAug, depth_maps
 
 CAMERA_YAWS = (0.0, -55.0, 55.0, 180.0, 110.0, -110.0)  # optical axes (degrees, LiDAR frame)
@@ -66,36 +67,69 @@ def rig_cameras(image_size: tuple[int, int] = OFFICIAL_IMAGE_SIZE) -> CameraGeom
     return CameraGeometry(**{name: m.float().contiguous()[None] for name, m in matrices.items()})
 
 
+def rig_sample(
+    image_size: tuple[int, int] = OFFICIAL_IMAGE_SIZE,
+    num_points: int = 200_000,
+    seed: int = 0,
+    token: str = "rig-0",
+) -> dict:
+    """One sample in `NuScenesMultiView`'s item format: random images and LiDAR points on the
+    rig, the depth maps the points give."""
+    generator = torch.Generator().manual_seed(seed)
+    cameras = rig_cameras(image_size)
+    matrices = {f.name: getattr(cameras, f.name)[0] for f in fields(cameras)}  # each (N, 4, 4)
+    images = torch.randn(len(FOCALS), 3, *image_size, generator=generator)
+    low = torch.tensor([-54.0, -54.0, -3.0, 0.0, 0.0])
+    span = torch.tensor([108.0, 108.0, 5.0, 255.0, 0.0])
+    points = low + span * torch.rand(num_points, 5, generator=generator)
+    lidar_aug = torch.eye(4)
+    depth = depth_maps(
+        points, matrices["lidar_to_image"], matrices["image_aug"], lidar_aug, image_size
+    )
+    return {
+        "token": token,
+        "images": images,
+        **matrices,
+        "lidar_aug": lidar_aug,
+        "points": points,
+        "depth_maps": depth,
+    }
+
+
 def rig_batch(
     batch_size: int = 1,
     image_size: tuple[int, int] = OFFICIAL_IMAGE_SIZE,
     num_points: int = 200_000,
     seed: int = 0,
 ) -> MultiViewBatch:
-    """Random images and LiDAR points on the rig, with the depth maps the points give."""
-    generator = torch.Generator().manual_seed(seed)
-    cameras = rig_cameras(image_size)
-    views = cameras.intrinsics.shape[1]
-    low = torch.tensor([-54.0, -54.0, -3.0, 0.0, 0.0])
-    span = torch.tensor([108.0, 108.0, 5.0, 255.0, 0.0])
-    images, points, depths = [], [], []
-    for _ in range(batch_size):
-        images.append(torch.randn(views, 3, *image_size, generator=generator))
-        points.append(low + span * torch.rand(num_points, 5, generator=generator))
-        depths.append(
-            depth_maps(
-                points[-1], cameras.lidar_to_image[0], cameras.image_aug[0], torch.eye(4),
-                image_size,
-            )
-        )  # fmt: skip
-    expand = {
-        f.name: getattr(cameras, f.name).expand(batch_size, -1, -1, -1) for f in fields(cameras)
-    }
-    return MultiViewBatch(
-        tokens=[f"rig-{index}" for index in range(batch_size)],
-        images=torch.stack(images),
-        cameras=CameraGeometry(**{name: m.contiguous() for name, m in expand.items()}),
-        lidar_aug=torch.eye(4).expand(batch_size, 4, 4).contiguous(),
-        points=points,
-        depth_maps=torch.stack(depths),
-    )
+    """`batch_size` rig samples (seeds seed, seed + 1, ...) as one batch."""
+    samples = [
+        rig_sample(image_size, num_points, seed + index, f"rig-{index}")
+        for index in range(batch_size)
+    ]
+    return collate_multiview(samples)
+
+
+class RigSamples(Dataset):
+    """`length` rig samples, sample i drawn from (seed, i): training data that needs no files,
+    for smoke runs and throughput measurements (`data.source: rig` in a training config)."""
+
+    def __init__(
+        self, length: int, image_size: tuple[int, int], num_points: int = 20_000, seed: int = 0
+    ) -> None:
+        if length < 1:
+            raise ValueError(f"a rig dataset needs at least one sample, got length {length}")
+        self.length, self.image_size = length, tuple(image_size)
+        self.num_points, self.seed = num_points, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.length:
+            raise IndexError(f"sample {index} of a rig dataset of {self.length}")
+        seed = self.seed * 1_000_003 + index
+        return rig_sample(self.image_size, self.num_points, seed, f"rig-{index}")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Samples are the same every epoch (the trainer's sampler reorders them)."""

@@ -32,8 +32,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the nuScenes-format data is and how it is read."""
+    """Where the nuScenes-format data is and how it is read. `source: rig` trains on random
+    samples of a synthetic camera rig instead (no files: smoke runs and throughput figures)."""
 
+    source: Literal["nuscenes", "rig"] = "nuscenes"
+    rig_samples: int = 64  # with source: rig, samples per epoch
+    rig_points: int = 20_000  # with source: rig, LiDAR points per sample
     root: str = "data/nuscenes"
     version: str = "v1.0-trainval"
     split: str | None = "train"  # an official split name, or None for every scene
@@ -44,7 +48,7 @@ class DataConfig:
     points: PointConfig = field(default_factory=PointConfig)
 
     def __post_init__(self) -> None:
-        _at_least(self, workers=0)
+        _at_least(self, workers=0, rig_samples=1, rig_points=1)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from geomim.data import NuScenesMultiView, collate_multiview
+from geomim.data.rig import RigSamples
 from geomim.training.config import TrainConfig
+
+TrainingData = NuScenesMultiView | RigSamples
 
 
 class ResumableSampler(DistributedSampler):
@@ -38,10 +41,13 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
-def build_dataset(config: TrainConfig) -> NuScenesMultiView:
-    """The training split with the recipe's augmentation at the model's image size."""
+def build_dataset(config: TrainConfig) -> TrainingData:
+    """The training split with the recipe's augmentation at the model's image size (or the
+    synthetic rig's random samples, `data.source: rig`)."""
     height, width = config.model.view_transform.image_size
     data = config.data
+    if data.source == "rig":
+        return RigSamples(data.rig_samples, (height, width), data.rig_points, config.train.seed)
     return NuScenesMultiView(
         data.root,
         version=data.version,
@@ -57,7 +63,10 @@ def build_dataset(config: TrainConfig) -> NuScenesMultiView:
 
 
 def build_loader(
-    dataset: NuScenesMultiView, sampler: ResumableSampler, config: TrainConfig, pin: bool
+    dataset: NuScenesMultiView | RigSamples,
+    sampler: ResumableSampler,
+    config: TrainConfig,
+    pin: bool,
 ) -> DataLoader:
     """Micro-batches of `MultiViewBatch`; its own generator, so that making an iterator does not
     draw from the global RNG (the trajectory must not depend on where a run was resumed)."""

@@ -1,0 +1,75 @@
+"""`python -m geomim.check`: passes on a working install, names every broken backend."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from geomim.check.cli import main
+from geomim.kernels import attention, cross_view
+from geomim.kernels.dispatch import BACKENDS, usable_backends
+
+
+def test_the_quick_check_passes_on_the_cpu_with_every_usable_backend(interpreter, tmp_path):
+    report_file = tmp_path / "check.json"
+    assert main(["--device", "cpu", "--quick", "--json", str(report_file)]) == 0
+    report = json.loads(report_file.read_text())
+    assert report["failed"] == 0 and report["passed"] > 20
+    ran = {(r["op"], r["backend"]) for r in report["results"] if r["status"] == "pass"}
+    for op in BACKENDS:
+        for backend in usable_backends(op, "cpu"):
+            if backend != "flex":  # compiled per shape: only the full check runs it
+                assert (op, backend) in ran, (op, backend)
+    assert ("window_attention", "triton") in ran  # on the interpreter
+    steps = {r["backend"] for r in report["results"] if r["op"] == "pretraining_step"}
+    assert {"window_attention=chunked", "row_attention=triton", "splat=sparse"} <= steps
+    dtypes = {r["dtype"] for r in report["results"] if r["op"] == "window_attention"}
+    assert dtypes == {"float32", "bfloat16"}
+    assert report["environment"]["cpu capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_a_wrong_backend_fails_the_check_naming_op_backend_and_dtype(monkeypatch, capsys):
+    run_backend = attention._run_backend
+
+    def off_by_one_percent(name, *args):
+        out = run_backend(name, *args)
+        return out * 1.01 if name == "sdpa" else out
+
+    monkeypatch.setattr(attention, "_run_backend", off_by_one_percent)
+    status = main(["--device", "cpu", "--quick", "--ops", "window_attention", "--skip-teacher"])
+    output = capsys.readouterr().out
+    assert status == 1
+    assert "window_attention / sdpa / float32: outside the tolerance" in output
+    assert "window_attention / sdpa / bfloat16" not in output  # 1% is within bf16's 4%
+    assert "pretraining_step / window_attention=sdpa / float32" in output
+    assert "GEOMIM_KERNELS=window_attention=chunked" in output
+    assert "window_attention / chunked" not in output
+
+
+def test_a_backend_that_cannot_run_is_named_with_its_error(monkeypatch, capsys):
+    def launch_failure(*args, **kwargs):
+        raise RuntimeError("CUDA error: no kernel image is available for execution")
+
+    monkeypatch.setattr(cross_view.F, "scaled_dot_product_attention", launch_failure)
+    status = main(["--device", "cpu", "--quick", "--ops", "row_attention", "--skip-teacher", "--skip-steps"])
+    output = capsys.readouterr().out
+    assert status == 1
+    assert "row_attention / sdpa / float32: KernelBackendError: row_attention: backend 'sdpa'" in (
+        output
+    )
+    assert "no kernel image" in output
+    assert "GEOMIM_KERNELS=row_attention=reference" in output
+
+
+def test_help_and_usage_errors_come_before_any_work():
+    help_text = subprocess.run(
+        [sys.executable, "-m", "geomim.check", "--help"], capture_output=True, text=True
+    )
+    assert help_text.returncode == 0 and "--quick" in help_text.stdout
+    with pytest.raises(SystemExit) as raised:
+        main(["--repeats", "0"])
+    assert raised.value.code == 2
