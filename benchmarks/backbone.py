@@ -1,4 +1,5 @@
-"""CPU benchmark of the GeoMIM backbone: fast path vs the reference path, fp32 and bf16 autocast.
+"""Benchmark of the GeoMIM backbone: fast path vs the reference path, fp32 and bf16 autocast
+(and TF32 on CUDA), on the CPU or a GPU (`--device cuda`).
 
 Times `forward_intermediates(x, indices=(2, 3), intermediates_only=True)` on a multi-camera batch
 for each configuration, round-robin so machine noise hits all alike, checks parity against the
@@ -7,6 +8,7 @@ rounds. Exits non-zero only if the fast fp32 path drifts more than 1e-4 from the
 
     python benchmarks/backbone.py                      # geomim_base, 6 x 3 x 256 x 704
     python benchmarks/backbone.py --model geomim_test --height 128 --width 352 --repeats 2
+    python benchmarks/backbone.py --device cuda --batch 8   # 8 rigs of 6 cameras, images/s
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Config:
     name: str
     fused: bool
     autocast: torch.dtype | None = None
+    tf32: bool = False  # CUDA: fp32 matmuls and convolutions on TF32 tensor cores
 
     @property
     def dtype(self) -> torch.dtype:
@@ -52,6 +55,8 @@ def parse_args() -> argparse.Namespace:
     """The command line; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="geomim_base")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--batch", type=int, default=1, help="rigs per forward")
     parser.add_argument("--views", type=int, default=6)
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=704)
@@ -63,17 +68,22 @@ def parse_args() -> argparse.Namespace:
         "--force-bf16", action="store_true", help="time bf16 even without native CPU support"
     )
     args = parser.parse_args()
-    if args.repeats < 1 or args.warmup < 0:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device")
+    if args.repeats < 1 or args.warmup < 0 or args.batch < 1:
         parser.error("--repeats must be at least 1 and --warmup at least 0")
     return args
 
 
 def choose_configs(args: argparse.Namespace, native_bf16: bool) -> list[Config]:
-    """fp32 reference and fast path, plus both under bf16 autocast unless skipped or emulated."""
+    """fp32 reference and fast path (and TF32 on CUDA), plus both under bf16 autocast unless
+    skipped or emulated."""
     configs = [Config(REFERENCE, fused=False), Config("geomim fp32", fused=True)]
+    if args.device == "cuda":
+        configs.append(Config("geomim tf32", fused=True, tf32=True))
     if args.skip_bf16:
         return configs
-    if not native_bf16:
+    if not native_bf16 and args.device == "cpu":
         print("WARNING: this CPU has no native bf16 (avx512_bf16 / amx_bf16): bf16 is emulated")
         print("         and will be very slow.", end=" ")
         if not args.force_bf16:
@@ -90,21 +100,42 @@ def choose_configs(args: argparse.Namespace, native_bf16: bool) -> list[Config]:
 def build_inputs(args: argparse.Namespace) -> tuple[nn.Module, Tensor]:
     """The model (random weights, eval mode) and the camera batch, both from seed 0."""
     torch.manual_seed(0)
-    model = timm.create_model(args.model).eval()
-    images = torch.randn(args.views, 3, args.height, args.width)
-    return model, images
+    model = timm.create_model(args.model, out_indices=(2, 3)).eval().to(args.device)
+    images = torch.randn(args.batch * args.views, 3, args.height, args.width)
+    return model, images.to(args.device)
 
 
 def run_config(model: nn.Module, images: Tensor, config: Config) -> list[Tensor]:
     """One backbone forward (stages 2 and 3) under `config`."""
     model.set_fused_attn(config.fused)
     autocast = (
-        torch.autocast("cpu", dtype=config.autocast)
+        torch.autocast(images.device.type, dtype=config.autocast)
         if config.autocast is not None
         else contextlib.nullcontext()
     )
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast, tf32(config.tf32):
         return model.forward_intermediates(images, indices=(2, 3), intermediates_only=True)
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    """CUDA matmuls and convolutions on TF32 inside the block (restored after)."""
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
+def gemm_name(config: Config) -> str:
+    """The precision the config's matmuls run in: float32, tf32 or bfloat16."""
+    return "tf32" if config.tf32 else dtype_name(config.dtype)
+
+
+def _under_tf32(job, enabled: bool):
+    with tf32(enabled):
+        return job()
 
 
 def compare(outputs: list[Tensor], reference: list[Tensor]) -> dict[str, list[float]]:
@@ -126,7 +157,11 @@ def count_flops(model: nn.Module, images: Tensor) -> int:
 
 
 def summarize(
-    configs: list[Config], times: dict[str, list[float]], flops: int, peaks: dict[str, float]
+    configs: list[Config],
+    times: dict[str, list[float]],
+    flops: int,
+    peaks: dict[str, float],
+    images: int,
 ) -> dict[str, dict]:
     """Median seconds, speedup vs reference fp32, GFLOP/s and % of the same-dtype GEMM peak."""
     reference_s = statistics.median(times[REFERENCE])
@@ -134,9 +169,10 @@ def summarize(
     for config in configs:
         median_s = statistics.median(times[config.name])
         gflops = flops / median_s / 1e9
-        peak = peaks[dtype_name(config.dtype)]
+        peak = peaks[gemm_name(config)]
         results[config.name] = {
-            "dtype": dtype_name(config.dtype),
+            "dtype": gemm_name(config),
+            "images_per_s": images / median_s,
             "fused_attn": config.fused,
             "seconds": times[config.name],
             "median_s": median_s,
@@ -149,12 +185,15 @@ def summarize(
 
 def format_table(results: dict[str, dict]) -> str:
     """The results as aligned plain-text columns."""
-    header = f"{'config':<24} {'median s':>9} {'speedup':>8} {'GFLOP/s':>8} {'% GEMM peak':>12}"
+    header = (
+        f"{'config':<24} {'median s':>9} {'images/s':>9} {'speedup':>8} {'GFLOP/s':>9} "
+        f"{'% GEMM peak':>12}"
+    )
     lines = [header, "-" * len(header)]
     for name, row in results.items():
         lines.append(
-            f"{name:<24} {row['median_s']:>9.3f} {row['speedup']:>7.2f}x "
-            f"{row['gflops']:>8.1f} {row['pct_of_gemm_peak']:>11.1f}%"
+            f"{name:<24} {row['median_s']:>9.3f} {row['images_per_s']:>9.1f} "
+            f"{row['speedup']:>7.2f}x {row['gflops']:>9.1f} {row['pct_of_gemm_peak']:>11.1f}%"
         )
     return "\n".join(lines)
 
@@ -202,6 +241,9 @@ def main() -> None:
     info = machine_info()
     for key in ("torch", "cpu", "cpu_capability", "threads", "bf16_flags"):
         print(f"{key}: {info[key]}")
+    if args.device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+        print(f"gpu: {info['gpu']}")
     print(f"native bf16: {info['native_bf16']}")
 
     configs = choose_configs(args, info["native_bf16"])
@@ -210,16 +252,18 @@ def main() -> None:
     flops = count_flops(model, images)
 
     jobs = {config.name: partial(run_config, model, images, config) for config in configs}
-    gemms = {f"gemm {dtype_name(config.dtype)}": config.dtype for config in configs}
-    jobs |= {name: gemm_job(dtype) for name, dtype in gemms.items()}
+    gemms = {f"gemm {gemm_name(config)}": config for config in configs}
+    for name, config in gemms.items():
+        gemm = gemm_job(config.dtype, device=args.device)
+        jobs[name] = lambda gemm=gemm, config=config: _under_tf32(gemm, config.tf32)
     print(f"timing {len(jobs)} jobs: {args.warmup} warmup + {args.repeats} rounds")
     times, outputs = time_rounds(jobs, args.repeats, args.warmup)
     gemm_flops = 2 * GEMM_SIZE**3
     peaks = {
-        dtype_name(dtype): gemm_flops / statistics.median(times[name]) / 1e9
-        for name, dtype in gemms.items()
+        gemm_name(config): gemm_flops / statistics.median(times[name]) / 1e9
+        for name, config in gemms.items()
     }
-    results = summarize(configs, times, flops, peaks)
+    results = summarize(configs, times, flops, peaks, len(images))
     reference = [out.float() for out in outputs[REFERENCE]]
     parity = {
         config.name: compare(outputs[config.name], reference)

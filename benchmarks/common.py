@@ -53,13 +53,28 @@ def machine_info() -> dict:
 
 
 GEMM_SIZE = 4096  # the square matmul that stands for the machine's GEMM ceiling
+# datasheet dense peaks: bf16 FLOP/s, fp32 FLOP/s (no tensor cores), memory bytes/s
+GPU_PEAKS = {"H100": (989e12, 67e12, 3.35e12), "H200": (989e12, 67e12, 4.8e12)}
 
 
-def gemm_job(dtype: torch.dtype, size: int = GEMM_SIZE) -> Callable[[], torch.Tensor]:
+def gpu_peaks(name: str) -> tuple[float, float, float] | None:
+    """The datasheet peaks of a GPU named `name` (None for a GPU not in `GPU_PEAKS`)."""
+    return next((peaks for key, peaks in GPU_PEAKS.items() if key in name), None)
+
+
+def gemm_job(
+    dtype: torch.dtype, size: int = GEMM_SIZE, device: str = "cpu"
+) -> Callable[[], torch.Tensor]:
     """A `size`-square matmul in `dtype` on seeded operands, ready to time."""
     generator = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(size, size, generator=generator).to(dtype) for _ in range(2))
+    a, b = (torch.randn(size, size, generator=generator).to(device, dtype) for _ in range(2))
     return partial(torch.mm, a, b)
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued work (timings of CUDA jobs must include it)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def time_rounds(
@@ -75,8 +90,10 @@ def time_rounds(
             else f"round {round_index - warmup + 1}"
         )
         for name, job in jobs.items():
+            synchronize()
             start = time.perf_counter()
             outputs[name] = job()
+            synchronize()
             elapsed = time.perf_counter() - start
             print(f"  {label:<9} {name:<24} {1e3 * elapsed:10.1f} ms", flush=True)
             if round_index >= warmup:
