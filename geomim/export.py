@@ -1,8 +1,12 @@
-"""Export a pretraining run's encoder as a timm backbone folder (weights, config, model card).
+"""Export a pretraining run's encoder as a timm backbone folder (weights, config, model card), or
+a run's or a weights file's backbone for deployment (ONNX, `torch.export` program).
 
     python -m geomim.export runs/tiny_synthetic exported/tiny
     python -m geomim.export runs/swin_base exported/swin_base \
         --checkpoint runs/swin_base/checkpoints/step-00020000
+    python -m geomim.export runs/swin_base deploy/ --format onnx
+    python -m geomim.export model.safetensors deploy/ --format onnx --model geomim_base
+    python -m geomim.export model.safetensors deploy/ --format exported-program --model geomim_base
 
 The folder holds model.safetensors, timm's config.json and a README.md model card (the run's
 config and final metrics), ready for `python -m geomim.hub push` (then `hf-hub:` names load it)
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,7 @@ from timm.models._hub import save_config_for_hf
 from torch import Tensor, nn
 
 from geomim.checkpoints import save_safetensors_atomic, write_atomic
+from geomim.deploy import ExportCheckError
 from geomim.hub import WEIGHTS_NAME
 from geomim.training.checkpointing import latest_checkpoint, read_model_weights, read_train_state
 from geomim.training.config import TrainConfig, dump_config, load_config
@@ -143,23 +150,110 @@ with {config.model.num_views} cameras; any input size works.
 """
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: `python -m geomim.export RUN_DIR OUT_DIR [--checkpoint PATH]`."""
+FORMATS = ("timm", "onnx", "exported-program")
+# errors that mean bad input or a missing install: a message, no traceback (unless --debug)
+EXPECTED_ERRORS = (OSError, ValueError, TypeError, ImportError, ExportCheckError)
+
+
+def deployment_backbone(
+    source: str | os.PathLike,
+    model: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    out_indices: Sequence[int] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The `features_only` backbone of a run folder (its trained encoder) or of a weights file
+    (`model` names its architecture), and what the run says about its input (views, size)."""
+    source = Path(source)
+    extra = {} if out_indices is None else {"out_indices": tuple(out_indices)}
+    if source.is_dir():
+        with tempfile.TemporaryDirectory() as folder:
+            export_run(source, folder, checkpoint)
+            config = load_config(source / CONFIG_FILE)
+            backbone = _weights_backbone(
+                config.model.encoder, Path(folder) / WEIGHTS_NAME, encoder_kwargs(config) | extra
+            )
+        view_transform = config.model.view_transform
+        return backbone, {"views": config.model.num_views, "image_size": view_transform.image_size}
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} is neither a run folder nor a weights file")
+    if model is None:
+        raise ValueError(f"--model NAME is needed to export the weights file {source}")
+    if not timm.is_model(model) or not model.startswith("geomim"):
+        raise ValueError(
+            f"{model!r} is not a GeoMIM model; choose from {timm.list_models('geomim*')}"
+        )
+    return _weights_backbone(model, source, extra), {}
+
+
+def _weights_backbone(name: str, weights: Path, kwargs: dict[str, Any]) -> nn.Module:
+    overlay = {"file": str(weights)}
+    return timm.create_model(
+        name, pretrained=True, features_only=True, pretrained_cfg_overlay=overlay, **kwargs
+    ).eval()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line (`python -m geomim.export --help`)."""
     parser = argparse.ArgumentParser(
         prog="python -m geomim.export",
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("run_dir", help="a geomim.train run folder (with config.yaml)")
-    parser.add_argument("out_dir", help="folder for model.safetensors, config.json, README.md")
-    parser.add_argument("--checkpoint", help="a checkpoint folder (default: the run's latest)")
-    args = parser.parse_args(argv)
+    add = parser.add_argument
+    add("source", help="a run folder (with config.yaml) or a weights file with --model")
+    add("out_dir", help="where the files go (created if missing)")
+    add("--format", choices=FORMATS, default="timm",
+        help="timm: model.safetensors, config.json, README.md (runs only); onnx: model.onnx; "
+        "exported-program: model.pt2 (default: timm)")  # fmt: skip
+    add("--model", help="the architecture of a weights file, e.g. geomim_base")
+    add("--checkpoint", help="a checkpoint folder of the run (default: its latest)")
+    add("--out-indices", type=int, nargs="+",
+        help="stages to output (default: the model's features_only outputs)")  # fmt: skip
+    add("--image-size", type=int, nargs=2, metavar=("H", "W"),
+        help="input size (default: the run's training size, else 256 704)")  # fmt: skip
+    add("--views", type=int, help="cameras per rig (default: the run's, else 6)")
+    add("--fixed-rigs", action="store_true", help="one rig per call, not a dynamic rig count")
+    add("--debug", action="store_true", help="show the traceback of an error")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: see the module docstring (`python -m geomim.export --help`)."""
+    args = parse_args(argv)
     try:
-        folder = export_run(args.run_dir, args.out_dir, args.checkpoint)
-    except (FileNotFoundError, ValueError) as error:
-        parser.error(str(error))
-    print(f"wrote {folder / WEIGHTS_NAME}, config.json and README.md")
+        print(export_command(args))
+    except Exception as error:
+        if args.debug or not isinstance(error, EXPECTED_ERRORS):
+            raise
+        print(f"python -m geomim.export: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def export_command(args: argparse.Namespace) -> str:
+    """Carry out one export; the line that says what was written."""
+    if args.format == "timm":
+        if args.model is not None or not Path(args.source).is_dir():
+            raise ValueError("--format timm exports a run folder; for a weights file choose "
+                             "--format onnx or exported-program")  # fmt: skip
+        folder = export_run(args.source, args.out_dir, args.checkpoint)
+        return f"wrote {folder / WEIGHTS_NAME}, config.json and README.md"
+    from geomim.deploy import DEFAULT_IMAGE_SIZE, DEFAULT_VIEWS, to_exported_program, to_onnx
+
+    backbone, trained = deployment_backbone(
+        args.source, args.model, args.checkpoint, args.out_indices
+    )
+    size = tuple(args.image_size or trained.get("image_size", DEFAULT_IMAGE_SIZE))
+    views = args.views or trained.get("views", DEFAULT_VIEWS)
+    export, filename = (
+        (to_onnx, "model.onnx") if args.format == "onnx" else (to_exported_program, "model.pt2")
+    )
+    report = export(backbone, Path(args.out_dir) / filename, size, views, not args.fixed_rigs)
+    rigs = "a dynamic count of" if report.dynamic_rigs else "one"
+    return (
+        f"wrote {report.path}: {rigs} rig(s) of {views} x 3 x {size[0]} x {size[1]} -> "
+        f"{report.output_shapes}; max |difference| to eager PyTorch {report.max_abs_error:.1e}"
+    )
 
 
 if __name__ == "__main__":
