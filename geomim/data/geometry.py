@@ -15,6 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+# BEVFusion's ImageAug3D in the official recipe: resize range in training, fixed test resize.
+RESIZE_RANGE = (0.38, 0.55)
+TEST_RESIZE = 0.48
+
 
 @dataclass(frozen=True)
 class ImageAug:
@@ -54,8 +58,8 @@ def sample_image_aug(
     image_size: tuple[int, int],
     final_size: tuple[int, int] = (704, 256),
     train: bool = True,
-    resize_range: tuple[float, float] = (0.38, 0.55),
-    test_resize: float = 0.48,
+    resize_range: tuple[float, float] = RESIZE_RANGE,
+    test_resize: float = TEST_RESIZE,
     rotate_range: tuple[float, float] = (-5.4, 5.4),
     flip_probability: float = 0.5,
 ) -> ImageAug:

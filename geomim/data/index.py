@@ -8,6 +8,7 @@ data-loader workers instead of being copied page by page as Python objects' refe
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -75,8 +76,17 @@ class SampleIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SampleIndex:
-        with np.load(Path(path), allow_pickle=False) as arrays:
-            return cls(**{f.name: arrays[f.name] for f in fields(cls)})
+        """Read a `save`d index; a file that is not one (truncated, another format) is a
+        ValueError naming it."""
+        try:
+            with np.load(Path(path), allow_pickle=False) as arrays:
+                return cls(**{f.name: arrays[f.name] for f in fields(cls)})
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(
+                f"{path} is not a readable sample index ({type(error).__name__}: {error})"
+            ) from error
 
     @classmethod
     def from_entries(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from geomim.data.batch import check_camera_values, check_points
 from geomim.data.geometry import (
+    RESIZE_RANGE,
+    TEST_RESIZE,
     ImageAug,
     depth_maps,
     lidar_aug_matrix,
@@ -42,17 +46,21 @@ CAMERAS = (
     "CAM_BACK_RIGHT",
 )
 INDEX_FORMAT = 2
+# The version of the point loading below, part of a teacher cache's source: bump it when the
+# points a PointConfig gives change. 2: the key frame keeps its close points (as the official).
+POINTS_FORMAT = 2
 
 
 @dataclass(frozen=True)
 class PointConfig:
     """LiDAR loading of the official recipe: 9 of up to 10 previous sweeps, a time-lag channel,
-    a close-point filter per sweep, and a strict range filter after augmentation."""
+    a close-point filter on the sweeps only (the key frame keeps its close points), and a strict
+    range filter after augmentation."""
 
     sweeps: int = 9
     stored_sweeps: int = 10
-    close_radius: float = 1.0
-    pad_empty_sweeps: bool = True  # official: no sweeps -> the key frame 9 more times, lag 0
+    close_radius: float = 1.0  # sweeps (and padding copies) drop |x| < r and |y| < r
+    pad_empty_sweeps: bool = True  # no sweeps: 9 close-filtered copies of the key frame, lag 0
     point_range: tuple[float, ...] = (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)
 
 
@@ -70,8 +78,15 @@ class NuScenesMultiView(Dataset):
         image_size: (width, height) of the network input.
         seed: augmentation seed; with `set_epoch`, items are reproducible whatever the workers.
         cache_dir: where the index is cached (default: `dataroot/.geomim-cache`); None disables.
-        skip_bad: skip samples whose files are missing or unreadable (counted, reported once)
-            instead of raising.
+        skip_bad: skip samples whose files are missing or unreadable, or whose points or
+            calibration are not finite or not invertible (counted, reported once), instead of
+            raising.
+
+    Checked as the data enters: an empty `scenes` is an error; an unreadable index cache is
+    rebuilt (warning); points files must hold finite values and calibrations finite,
+    invertible matrices (errors name the sample, file or camera); images that cannot fill
+    `image_size` at the recipe's scale are reported once (warning). Points follow the official
+    loader (see `_read_points`).
     """
 
     def __init__(
@@ -104,6 +119,7 @@ class NuScenesMultiView(Dataset):
         self.skip_bad = skip_bad
         self.skipped: set[str] = set()  # tokens of the samples skipped as bad
         self._reported = False
+        self._warned_small_image = False
         if cache_dir == "":
             cache_dir = self.dataroot / ".geomim-cache"
         scene_names = list(scenes) if scenes is not None else _split_scenes(split)
@@ -150,6 +166,7 @@ class NuScenesMultiView(Dataset):
         for channel in self.cameras:
             camera = entry["cameras"][channel]
             image = self._read_image(camera["path"], entry["token"])
+            self._check_image_size(image.size, channel, entry["token"])
             aug = sample_image_aug(rng, image.size, self.image_size, train=self.train)
             images.append(_augment_image(image, aug))
             image_augs.append(aug.matrix())
@@ -164,14 +181,28 @@ class NuScenesMultiView(Dataset):
         points[:, :3] = points[:, :3] @ lidar_aug[:3, :3].T.astype(np.float32)
         points = torch.from_numpy(_in_range(points, self.points.point_range))
 
+        # The calibration enters here (from the index): checked before camera_to_lidar is inverted.
+        calibration = {
+            "intrinsics": np.stack(intrinsics),
+            "camera_to_ego": np.stack(camera_to_ego),
+            "camera_to_lidar": np.stack(camera_to_lidar),
+        }
+        check_camera_values(
+            {name: torch.from_numpy(m)[None] for name, m in calibration.items()},
+            [entry["token"]],
+            self.cameras,
+        )
         # lidar_to_image in float64 first: large ego translations cancel in the product
-        lidar_to_image = _stack(np.stack(intrinsics) @ np.linalg.inv(np.stack(camera_to_lidar)))
+        lidar_to_image = _stack(
+            calibration["intrinsics"] @ np.linalg.inv(calibration["camera_to_lidar"])
+        )
         intrinsics_t, camera_to_lidar_t = _stack(intrinsics), _stack(camera_to_lidar)
         image_aug = _stack(image_augs)
         lidar_aug_t = torch.as_tensor(lidar_aug, dtype=torch.float32)
         width, height = self.image_size
         return {
             "token": entry["token"],
+            "camera_names": self.cameras,  # names the camera in `collate_multiview`'s errors
             "images": torch.stack(images),  # (N, 3, H, W), normalised
             "intrinsics": intrinsics_t,  # (N, 4, 4)
             "camera_to_ego": _stack(camera_to_ego),
@@ -194,11 +225,20 @@ class NuScenesMultiView(Dataset):
             raise OSError(f"cannot read image {path} of sample {token}: {error}") from error
 
     def _read_points(self, entry: dict, rng: np.random.Generator) -> np.ndarray:
-        """Key frame (lag 0) then the sweeps, in the key frame's LiDAR frame: (P, 5) float32."""
+        """Key frame (lag 0) then the sweeps, in the key frame's LiDAR frame: (P, 5) float32.
+
+        As the official `LoadPointsFromMultiSweeps` with GeoMIM's (BEVFusion's) settings: the
+        key frame keeps all its points, close ones included; each sweep drops its close points
+        (`close_radius`) in its own frame, then moves to the key frame with lag = key-frame time
+        - sweep time. Without any sweep, `pad_empty_sweeps` appends `sweeps` close-filtered
+        copies of the key frame, lag 0. Up to `sweeps` stored sweeps are all used, in order;
+        more are a random choice of `sweeps` without replacement, in random order, whether
+        `train` or not: the official configs leave mmdet3d's `test_mode` (the nearest `sweeps`,
+        in order) off in every split, so the teacher saw random choices in evaluation too. The
+        choice comes from `rng`, so a test-mode item is still reproducible.
+        """
         config = self.points
-        key = _remove_close(
-            self._read_bin(entry["lidar_path"], entry["token"]), config.close_radius
-        )
+        key = self._read_bin(entry["lidar_path"], entry["token"])
         key[:, 4] = 0
         sweeps = entry["sweeps"][: config.stored_sweeps]
         if len(sweeps) > config.sweeps:
@@ -213,7 +253,8 @@ class NuScenesMultiView(Dataset):
             points[:, 4] = (entry["timestamp"] - sweep["timestamp"]) / 1e6
             clouds.append(points)
         if not sweeps and config.pad_empty_sweeps:
-            clouds += [key.copy() for _ in range(config.sweeps)]
+            padding = _remove_close(key, config.close_radius)
+            clouds += [padding.copy() for _ in range(config.sweeps)]
         return np.concatenate(clouds)
 
     def _read_bin(self, relative: str, token: str) -> np.ndarray:
@@ -227,7 +268,29 @@ class NuScenesMultiView(Dataset):
                 f"points file {path} of sample {token} holds {values.size} floats, "
                 "expected a multiple of 5 (x, y, z, intensity, ring)"
             )
-        return values.reshape(-1, 5).copy()
+        points = values.reshape(-1, 5).copy()
+        check_points(torch.from_numpy(points), f"file {path} of sample {token}")
+        return points
+
+    def _check_image_size(self, size: tuple[int, int], channel: str, token: str) -> None:
+        """Warn once if images, at the largest scale this mode uses, cannot fill the input."""
+        width, height = size
+        resize = max(RESIZE_RANGE) if self.train else TEST_RESIZE
+        scaled = int(width * resize), int(height * resize)
+        final_w, final_h = self.image_size
+        if self._warned_small_image or (scaled[0] >= final_w and scaled[1] >= final_h):
+            return
+        self._warned_small_image = True
+        covered = min(1.0, scaled[0] / final_w) * min(1.0, scaled[1] / final_h)
+        warnings.warn(
+            f"{channel} image of sample {token} is {width}x{height}: resized by {resize} "
+            f"({'the largest training scale' if self.train else 'the test scale'}) it is "
+            f"{scaled[0]}x{scaled[1]}, smaller than the {final_w}x{final_h} network input, so "
+            f"{1 - covered:.0%} of the input is black padding (the recipe's scales are for "
+            "nuScenes' 1600x900); resize the images or choose a smaller image_size",
+            UserWarning,
+            stacklevel=4,
+        )
 
     def _files_present(self, entry: dict) -> bool:
         paths = [entry["lidar_path"], *(s["path"] for s in entry["sweeps"])]
@@ -254,12 +317,17 @@ def load_index(
     dataroot: Path, version: str, scenes: list[str] | None, cache_dir: str | os.PathLike | None
 ) -> SampleIndex:
     """The per-sample index of `scenes` (None: all), from the cache when it is current."""
+    if scenes is not None and not scenes:
+        raise ValueError("scenes is empty: name at least one scene, or pass None for all")
     tables = dataroot / version
     if not tables.is_dir():
         raise FileNotFoundError(f"no nuScenes tables at {tables} (version {version!r})")
     cache = _cache_path(tables, scenes, cache_dir) if cache_dir is not None else None
     if cache is not None and cache.is_file():
-        return SampleIndex.load(cache)
+        try:
+            return SampleIndex.load(cache)
+        except ValueError as error:
+            warnings.warn(f"{error}: rebuilding it from {tables}", RuntimeWarning, stacklevel=2)
     index = build_index(dataroot, version, scenes)
     if cache is not None:
         index.save(cache)

@@ -13,7 +13,8 @@ CHUNK_BYTES = 8 * 1024 * 1024
 
 class ChunkedMlp(Mlp):
     """fc1 -> GELU -> fc2 (timm's `Mlp`, same parameters); with autograd off and `chunked` set,
-    large inputs go through in row chunks, with results identical to the unchunked forward."""
+    large inputs go through in row chunks, with the unchunked forward's results up to float32
+    rounding (each chunk is a GEMM of another shape, which BLAS may sum in another order)."""
 
     def __init__(self, in_features: int, hidden_features: int, chunked: bool = True) -> None:
         super().__init__(in_features, hidden_features, act_layer=torch.nn.GELU)

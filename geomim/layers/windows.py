@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from geomim.kernels.attention import WindowMask, window_mask_from_groups
+from geomim.kernels.window_attention import WindowMask, window_mask_from_groups
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
@@ -60,6 +60,11 @@ def check_group_masks(masks: Tensor, images: int, image_size: tuple[int, int]) -
             f"expected group masks of shape {shapes[0]} (one pair per batch) or {shapes[1]} "
             f"(one pair per image) for {images} images of {image_size[0]}x{image_size[1]}, "
             f"got {tuple(masks.shape)}"
+        )
+    if not ((masks == 0) | (masks == 1)).all():
+        raise ValueError(
+            "group masks must be binary (1 = hidden in that group, 0 = visible), got values "
+            f"{masks.unique()[:6].tolist()}"
         )
     if not torch.equal(masks.sum(0), torch.ones_like(masks[0])):
         raise ValueError(

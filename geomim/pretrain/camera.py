@@ -6,12 +6,18 @@ import torch
 from timm.layers import Mlp
 from torch import Tensor, nn
 
+from geomim.data.batch import check_camera_shapes
+
 CAMERA_VECTOR_SIZE = 22
 
 
 def camera_vector(intrinsics: Tensor, image_aug: Tensor, camera_to_ego: Tensor) -> Tensor:
     """(..., 4, 4) matrices -> (..., 22): fx, fy, cx, cy; the image augmentation's A00, A01, a0,
-    A10, A11, a1 (2x2 part and translation); camera-to-ego [R | t] row by row."""
+    A10, A11, a1 (2x2 part and translation); camera-to-ego [R | t] row by row. The three must
+    hold one matrix per camera each (a ValueError names the one that does not)."""
+    check_camera_shapes(
+        {"intrinsics": intrinsics, "image_aug": image_aug, "camera_to_ego": camera_to_ego}
+    )
     focal_and_centre = intrinsics[..., [0, 1, 0, 1], [0, 1, 2, 2]]
     augmentation = image_aug[..., [0, 0, 0, 1, 1, 1], [0, 1, 3, 0, 1, 3]]
     pose = camera_to_ego[..., :3, :4].flatten(-2)

@@ -8,7 +8,8 @@ Layout of a cache folder:
                                   (flat x * Y + y) and their features `{token}.features` (K, C)
 
 A shard on disk is complete (temporary file + rename), so an interrupted run resumes by skipping
-the shards that exist. Maps are those of the points without augmentation; `CachedTeacher` applies
+the shards that exist; one that cannot be read (damaged after it was written) is rewritten, with
+a warning. Maps are those of the points without augmentation; `CachedTeacher` applies
 each sample's LiDAR flips to the cached map (flipping cell indices about the grid centre, which
 assumes a BEV range centred on the LiDAR, as the official +-54 m is). The teacher's random
 choices at caching time (which sweeps) are then fixed for every epoch.
@@ -19,21 +20,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from geomim.checkpoints import save_safetensors_atomic, write_atomic
-from geomim.data.nuscenes import PointConfig
+from geomim.data.nuscenes import POINTS_FORMAT, PointConfig
 from geomim.pretrain.teacher import Teacher, TeacherMeta, teacher_meta
 
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TEACHER_FLAGS = {"LiDARTeacher": "lidar --checkpoint CHECKPOINT", "HistogramTeacher": "histogram"}
 
 
 class CacheMismatchError(ValueError):
@@ -83,7 +86,7 @@ def write_teacher_cache(
     manifest = build_manifest(teacher, source, list(tokens), shard_size, dtype)
     manifest_path = out_dir / MANIFEST
     if manifest_path.exists():
-        _check_same(json.loads(manifest_path.read_text()), manifest, out_dir)
+        _check_same(read_manifest(out_dir), manifest, out_dir)
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(manifest, indent=1)
@@ -92,7 +95,7 @@ def write_teacher_cache(
         stale.unlink()
 
     teacher = teacher.to(device)
-    done = {i for i in range(len(manifest["shards"])) if (out_dir / shard_name(i)).exists()}
+    done = {i for i in range(len(manifest["shards"])) if _readable_shard(out_dir / shard_name(i))}
     total = len(tokens)
     finished = sum(len(manifest["shards"][i]) for i in done)
     position = 0
@@ -136,7 +139,7 @@ class CachedTeacher(Teacher):
                 f"no teacher cache at {self.cache_dir} ({MANIFEST} missing): make one with "
                 "`python -m geomim.teacher cache DATAROOT OUT --teacher ...`"
             )
-        self.manifest = json.loads(manifest_path.read_text())
+        self.manifest = read_manifest(self.cache_dir)
         if self.manifest.get("format") != CACHE_FORMAT:
             raise CacheMismatchError(
                 f"{self.cache_dir}: cache format {self.manifest.get('format')}, expected "
@@ -162,15 +165,23 @@ class CachedTeacher(Teacher):
                 f"from {self.manifest['source']}"
             )
         path = self.cache_dir / shard_name(self.shard_of[token])
+        rebuild = rebuild_command(self.cache_dir, self.manifest)
         if not path.exists():
             raise FileNotFoundError(
                 f"{path} is missing: the cache is incomplete; rerun the caching command "
-                "(it resumes where it stopped)"
+                f"`{rebuild}`: it resumes where it stopped"
             )
-        with safe_open(path, framework="pt") as shard:
-            shape = [int(n) for n in shard.metadata()["map_shape"].split(",")]
-            cells = shard.get_tensor(f"{token}.cells").long()
-            features = shard.get_tensor(f"{token}.features").float()
+        try:
+            with safe_open(path, framework="pt") as shard:
+                shape = [int(n) for n in shard.metadata()["map_shape"].split(",")]
+                cells = shard.get_tensor(f"{token}.cells").long()
+                features = shard.get_tensor(f"{token}.features").float()
+        except (OSError, SafetensorError, KeyError, TypeError, ValueError) as error:
+            raise OSError(
+                f"cannot read sample {token} from the teacher-cache shard {path} "
+                f"({type(error).__name__}: {error}); rebuild it by rerunning the caching command "
+                f"`{rebuild}`: it rewrites unreadable and missing shards only"
+            ) from error
         dense = torch.zeros(shape[0], shape[1] * shape[2])
         dense[:, cells] = features.T
         return dense.view(shape)
@@ -181,12 +192,46 @@ class CachedTeacher(Teacher):
 
 def points_source(version: str, seed: int, points: PointConfig) -> dict:
     """What decides a dataset's teacher inputs (not where it lives or which samples it holds:
-    a missing sample is an error when asked for): version, seed and point loading."""
+    a missing sample is an error when asked for): version, seed, point loading and the version
+    of the loading code (`POINTS_FORMAT`)."""
     return {
         "version": version,
         "seed": seed,
         "points": json.loads(json.dumps(dataclasses.asdict(points))),
+        "points_format": POINTS_FORMAT,
     }
+
+
+def rebuild_command(cache_dir: str | os.PathLike, manifest: dict | None = None) -> str:
+    """The `python -m geomim.teacher cache` command line that (re)makes the cache in `cache_dir`,
+    with what its manifest records (DATAROOT, the split and a checkpoint are not recorded)."""
+    command = f"python -m geomim.teacher cache DATAROOT {cache_dir}"
+    if manifest is None:
+        return command + " --teacher ... (the arguments that made it)"
+    teacher = (manifest.get("teacher") or {}).get("class")
+    command += f" --teacher {TEACHER_FLAGS.get(teacher, '...')}"
+    version = (manifest.get("source") or {}).get("version")
+    if version is not None:
+        command += f" --version {version} --split SPLIT"
+    return command + f" --shard-size {manifest.get('shard_size')} --dtype {manifest.get('dtype')}"
+
+
+def read_manifest(cache_dir: str | os.PathLike) -> dict:
+    """The manifest of the cache in `cache_dir`; one that cannot be parsed is a ValueError
+    naming the file."""
+    path = Path(cache_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        manifest, problem = None, f"{type(error).__name__}: {error}"
+    else:
+        problem = "not a JSON object with its shards"
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise ValueError(
+            f"the teacher-cache manifest {path} cannot be read ({problem}): the cache is damaged; "
+            f"delete {Path(cache_dir)} and make it again with `{rebuild_command(cache_dir)}`"
+        )
+    return manifest
 
 
 def flip_like(maps: Tensor, lidar_aug: Tensor) -> Tensor:
@@ -204,6 +249,25 @@ def flip_like(maps: Tensor, lidar_aug: Tensor) -> Tensor:
         dims = [dim for dim, sign in zip((-2, -1), signs.tolist(), strict=True) if sign < 0]
         flipped.append(bev.flip(dims) if dims else bev)
     return torch.stack(flipped)
+
+
+def _readable_shard(path: Path) -> bool:
+    """Whether shard `path` exists and its header (which covers the whole file) parses; warns
+    that an unreadable one will be rewritten."""
+    if not path.exists():
+        return False
+    try:
+        with safe_open(path, framework="pt") as shard:
+            shard.metadata()["map_shape"]
+        return True
+    except (OSError, SafetensorError, KeyError, TypeError) as error:
+        warnings.warn(
+            f"the teacher-cache shard {path} cannot be read ({type(error).__name__}: {error}): "
+            "computing it again",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
 
 
 def _sparse(token: str, bev: Tensor) -> dict[str, Tensor]:

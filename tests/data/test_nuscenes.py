@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -11,9 +12,16 @@ import torch
 from nuscenes import NuScenes
 from nuscenes.utils.data_classes import LidarPointCloud
 from PIL import Image
+from torch import Tensor
 from torch.utils.data import DataLoader
 
-from geomim.data import CAMERAS, MultiViewBatch, NuScenesMultiView, collate_multiview
+from geomim.data import (
+    CAMERAS,
+    MultiViewBatch,
+    NuScenesMultiView,
+    PointConfig,
+    collate_multiview,
+)
 from geomim.data.geometry import project_points
 from geomim.data.synthetic import generate
 
@@ -59,8 +67,74 @@ def test_points_carry_sweeps_with_time_lags_inside_the_range(dataroot):
     )
     data.index.sweep_paths[0] = ""  # no earlier sweep: the key frame 9 more times, lag 0 (official)
     first = data[0]["points"]
-    assert (first[:, 4] == 0).all()
-    assert len(first) % 10 == 0
+    assert (first[:, 4] == 0).all() and len(first) > 0  # the padding's rows: tests below
+
+
+def hand_made_sample(data, folder, key: np.ndarray, sweeps=()) -> None:
+    """Sample 0 of `data` reads the (P, 5) `key` frame and the `sweeps`, (points, sensor-to-
+    LiDAR 4x4, lag in s) each, from files in `folder` (absolute paths: the images stay)."""
+    index = data.index
+    key.astype(np.float32).tofile(folder / "key.bin")
+    index.lidar_paths[0] = str(folder / "key.bin")
+    index.sweep_paths[0] = ""
+    for k, (points, transform, lag) in enumerate(sweeps):
+        points.astype(np.float32).tofile(folder / f"s{k}.bin")
+        index.sweep_paths[0, k] = str(folder / f"s{k}.bin")
+        index.sweep_to_lidar[0, k] = transform
+        index.sweep_timestamps[0, k] = index.timestamps[0] - round(lag * 1e6)
+
+
+def test_close_points_are_dropped_from_sweeps_only_as_the_official_loader(dataroot, tmp_path):
+    """mmdet3d's LoadPointsFromMultiSweeps(remove_close=True) filters the sweeps (each in its
+    own frame) and the padding copies, never the key frame."""
+    key = np.array([[0.5, 0.5, 0, 7, 3], [-0.9, 0.2, -1, 7, 3], [10, 0, 0, 7, 3]])
+    shift = np.eye(4)
+    shift[0, 3] = 5.0  # the sweep sensor sits 5 m ahead of the key-frame LiDAR
+    sweep = np.array([[0.5, -0.5, 0, 1, 1], [-5.5, 0.3, 0, 1, 1]])  # close there; close here
+    data = dataset(dataroot, train=False)
+    hand_made_sample(data, tmp_path, key, [(sweep, shift, 0.05)])
+    points = data.sample_points(0)[1]
+    expected = [
+        [0.5, 0.5, 0, 7, 0],
+        [-0.9, 0.2, -1, 7, 0],
+        [10, 0, 0, 7, 0],
+        [-0.5, 0.3, 0, 1, 0.05],  # the sweep's far point, moved: close now, but kept
+    ]
+    torch.testing.assert_close(points, torch.tensor(expected, dtype=torch.float32))
+    assert torch.equal(data[0]["points"], points)  # the test-time item: no flips
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_without_sweeps_padding_repeats_the_close_filtered_key_frame(dataroot, tmp_path, pad):
+    key = np.array([[0.5, 0.5, 0, 7, 3], [10, 0, 0, 7, 3]])
+    data = dataset(dataroot, points=PointConfig(pad_empty_sweeps=pad))
+    hand_made_sample(data, tmp_path, key)
+    points = data.sample_points(0)[1]
+    padding = [[10, 0, 0, 7, 0]] * 9 if pad else []
+    expected = torch.tensor([[0.5, 0.5, 0, 7, 0], [10, 0, 0, 7, 0], *padding])
+    torch.testing.assert_close(points, expected)
+
+
+def test_test_mode_draws_sweeps_at_random_as_the_official_configs(dataroot, tmp_path):
+    """GeoMIM's configs never set mmdet3d's `test_mode` (the nearest 9 sweeps, in order): with
+    10 stored sweeps, evaluation draws 9 at random too; seeded, so reproducible."""
+    lags = [round(0.05 * (k + 1), 2) for k in range(10)]  # sweep k: one point, lag 0.05 (k + 1)
+    sweeps = [(np.array([[20.0 + k, 0, 0, 1, 1]]), np.eye(4), lag) for k, lag in enumerate(lags)]
+    data = dataset(dataroot, train=False)
+    hand_made_sample(data, tmp_path, np.array([[10.0, 0, 0, 7, 3]]), sweeps)
+
+    def chosen(points: Tensor) -> list[float]:
+        return [round(lag, 2) for lag in points[1:, 4].tolist()]  # after the key frame's point
+
+    draws = []
+    for epoch in range(6):
+        data.set_epoch(epoch)
+        draws.append(chosen(data[0]["points"]))
+        assert draws[-1] == chosen(data[0]["points"])  # reproducible
+        assert len(set(draws[-1])) == 9 and set(draws[-1]) <= set(lags)
+    assert any(lags[-1] in draw for draw in draws)  # not always the nearest nine
+    assert any(draw != sorted(draw) for draw in draws)  # in random order
+    assert chosen(data.sample_points(0)[1]) == chosen(data.sample_points(0)[1])
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -249,3 +323,70 @@ def test_unknown_split_and_scenes_are_errors(dataroot):
 def test_scene_selection_by_name(dataroot, nusc):
     name = nusc.scene[0]["name"]
     assert len(NuScenesMultiView(dataroot, "v1.0-mini", scenes=[name], cache_dir=None)) == 3
+
+
+def test_an_empty_scene_selection_is_an_error_with_or_without_an_index_cache(dataroot, tmp_path):
+    dataset(dataroot, cache_dir=tmp_path)  # caches the index of every scene
+    for cache_dir in (tmp_path, None):
+        with pytest.raises(ValueError, match="scenes is empty"):
+            NuScenesMultiView(dataroot, "v1.0-mini", scenes=[], cache_dir=cache_dir)
+
+
+def test_a_truncated_index_cache_is_rebuilt_with_a_warning(dataroot, tmp_path):
+    built = dataset(dataroot, cache_dir=tmp_path)
+    (cache,) = tmp_path.glob("index-*.npz")
+    cache.write_bytes(cache.read_bytes()[:1000])
+    with pytest.warns(
+        RuntimeWarning, match=rf"{re.escape(cache.name)} is not a readable .*rebuild"
+    ):
+        rebuilt = dataset(dataroot, cache_dir=tmp_path)
+    assert list(rebuilt.index.tokens) == list(built.index.tokens)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset(dataroot, cache_dir=tmp_path)  # the rewritten cache reads
+
+
+def test_images_smaller_than_the_input_warn_once_with_their_sizes(tmp_path):
+    root = generate(
+        tmp_path, scenes=1, samples_per_scene=2, sweeps_per_sample=0, width=400, height=225,
+        progress=False,
+    )  # fmt: skip
+    data = dataset(root, train=False)
+    with pytest.warns(
+        UserWarning, match=r"is 400x225: .* 192x108, smaller than the 704x256"
+    ) as seen:
+        data[0]
+        data[1]
+    assert len([w for w in seen if "smaller than" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset(root, train=False, image_size=(176, 64))[0]  # fills a smaller input
+
+
+def test_non_finite_points_in_a_file_name_the_file_and_sample(dataroot, tmp_path):
+    data = dataset(dataroot, train=False)
+    token = data.index.entry(0)["token"]
+    key = np.full((4, 5), np.nan)  # the range filter would drop them all: an empty teacher map
+    hand_made_sample(data, tmp_path, key)
+    with pytest.raises(ValueError, match=rf"key.bin of sample {token} hold 4 of 4 rows with NaN"):
+        data.sample_points(0)
+
+
+@pytest.mark.parametrize(
+    ("table", "camera", "value", "problem"),
+    [
+        ("intrinsics", 2, 0.0, "is singular"),  # fx = fy = 0
+        ("camera_to_lidar", 4, 0.0, "is singular"),
+        ("camera_to_ego", 5, float("nan"), "holds NaN"),
+    ],
+)
+def test_bad_calibration_names_sample_and_camera(dataroot, table, camera, value, problem):
+    data = dataset(dataroot, train=False)
+    token = data.index.entry(1)["token"]
+    matrices = getattr(data.index, table)
+    matrices[1, camera, :2, :2] = value
+    with pytest.raises(ValueError, match=rf"{table} of sample {token}, camera {camera} "
+                       rf"\({CAMERAS[camera]}\) {problem}"):  # fmt: skip
+        data[1]
+    data.skip_bad = True
+    assert data[1]["token"] != token and data.skipped == {token}

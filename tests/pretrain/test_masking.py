@@ -7,7 +7,12 @@ import timm
 import torch
 
 import geomim  # noqa: F401
-from geomim.pretrain.masking import complementary_masks, draw_group_masks, group_window_mask
+from geomim.pretrain.masking import (
+    check_group_masks,
+    complementary_masks,
+    draw_group_masks,
+    group_window_mask,
+)
 
 
 def test_masks_are_complementary_and_split_by_ratio():
@@ -103,3 +108,12 @@ def test_wrongly_shaped_masks_are_an_error_naming_both_layouts():
     encoder = timm.create_model("geomim_test")
     with pytest.raises(ValueError, match=r"\(2, 2, 4\) \(one pair per batch\) or \(2, 2, 2, 4\)"):
         encoder.forward_masked(torch.randn(2, 3, 64, 128), torch.zeros(2, 3, 2, 4))
+
+
+def test_non_binary_masks_are_refused():
+    half = torch.full((2, 2, 4), 0.5)  # complementary (sums to 1) but hides nothing
+    with pytest.raises(ValueError, match="binary"):
+        check_group_masks(half, 2, (64, 128))
+    encoder = timm.create_model("geomim_test")
+    with pytest.raises(ValueError, match="binary"):
+        encoder.forward_masked(torch.randn(2, 3, 64, 128), half)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
 from geomim.data import NuScenesMultiView
 from geomim.data.geometry import lidar_aug_matrix
+from geomim.data.nuscenes import POINTS_FORMAT
 from geomim.data.synthetic import generate
 from geomim.pretrain.teacher import HistogramTeacher, teacher_meta
 from geomim.pretrain.teacher_cache import (
@@ -164,3 +166,47 @@ def test_the_lidar_teachers_maps_round_trip_exactly(dataset, tmp_path):
     live = teacher(points, meta)
     assert live.shape == (1, 256, 180, 180) and 0 < (live != 0).float().mean() < 1
     assert torch.equal(cached(points, meta), live)
+
+
+def test_a_damaged_shard_is_named_with_its_rebuild_command_and_rewritten_on_resume(
+    dataset, tmp_path
+):
+    teacher = small_teacher()
+    write(teacher, dataset, tmp_path, shard_size=2)
+    shard = tmp_path / "shard-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])  # truncated after it was written
+    token = tokens_of(dataset)[2]
+    cached = CachedTeacher(tmp_path)
+    with pytest.raises(
+        OSError,
+        match=rf"sample {token} from the teacher-cache shard {re.escape(str(shard))} .*"
+        rf"python -m geomim.teacher cache DATAROOT {re.escape(str(tmp_path))} --teacher "
+        r"histogram --version v1.0-mini --split SPLIT --shard-size 2 --dtype float32",
+    ):
+        cached.load(token)
+    with pytest.warns(RuntimeWarning, match=rf"{re.escape(str(shard))} cannot be read"):
+        write(teacher, dataset, tmp_path, shard_size=2)
+    points = [dataset.sample_points(2)[1]]
+    assert torch.equal(cached.load(token)[None], teacher(points, teacher_meta([token])))
+
+
+def test_a_damaged_manifest_is_named_when_served_and_when_resumed(dataset, tmp_path):
+    write(small_teacher(), dataset, tmp_path)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(manifest.read_text()[:40])
+    message = rf"manifest {re.escape(str(manifest))} cannot be read \(JSONDecodeError"
+    with pytest.raises(ValueError, match=message):
+        CachedTeacher(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        write(small_teacher(), dataset, tmp_path)
+
+
+def test_a_cache_made_by_another_point_loading_version_is_refused(dataset, tmp_path):
+    write(small_teacher(), dataset, tmp_path)
+    source = points_source(dataset.version, dataset.seed, dataset.points)
+    assert source["points_format"] == POINTS_FORMAT
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["source"]["points_format"]  # as made before the key frame kept close points
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CacheMismatchError, match=r"source\.points_format: cache has None"):
+        CachedTeacher(tmp_path, expect_source=source)
