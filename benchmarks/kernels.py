@@ -37,11 +37,11 @@ from torch import Tensor
 from geomim.check.cases import QUICK_VIEW_TRANSFORM
 from geomim.data.rig import rig_cameras
 from geomim.kernels import window_attention
-from geomim.kernels.attention import window_mask_from_groups
 from geomim.kernels.bev_pool import bev_pool, reference_bev_pool
-from geomim.kernels.cross_view import row_attention
 from geomim.kernels.dispatch import default_backend
+from geomim.kernels.row_attention import row_attention
 from geomim.kernels.splat import splat
+from geomim.kernels.window_attention import window_mask_from_groups
 from geomim.layers import CrossViewAttention, WindowAttention, relative_position_index
 from geomim.pretrain.view_transform import DepthLSS, ViewTransformConfig
 

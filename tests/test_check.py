@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -10,8 +11,10 @@ import pytest
 import torch
 
 from geomim.check.cli import main
-from geomim.kernels import attention, cross_view
 from geomim.kernels.dispatch import BACKENDS, usable_backends
+
+attention = importlib.import_module("geomim.kernels.window_attention")
+cross_view = importlib.import_module("geomim.kernels.row_attention")
 
 
 def test_the_quick_check_passes_on_the_cpu_with_every_usable_backend(interpreter, tmp_path):
@@ -55,7 +58,9 @@ def test_a_backend_that_cannot_run_is_named_with_its_error(monkeypatch, capsys):
         raise RuntimeError("CUDA error: no kernel image is available for execution")
 
     monkeypatch.setattr(cross_view.F, "scaled_dot_product_attention", launch_failure)
-    status = main(["--device", "cpu", "--quick", "--ops", "row_attention", "--skip-teacher", "--skip-steps"])
+    status = main(
+        ["--device", "cpu", "--quick", "--ops", "row_attention", "--skip-teacher", "--skip-steps"]
+    )
     output = capsys.readouterr().out
     assert status == 1
     assert "row_attention / sdpa / float32: KernelBackendError: row_attention: backend 'sdpa'" in (

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from geomim.data.rig import rig_cameras
 from geomim.kernels import bev_pool, row_attention, splat, window_attention
-from geomim.kernels.attention import window_mask_from_groups
+from geomim.kernels.window_attention import window_mask_from_groups
 from geomim.layers import relative_position_index
 from geomim.pretrain.view_transform import DepthLSS, ViewTransformConfig
 

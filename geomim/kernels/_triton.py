@@ -101,3 +101,47 @@ def check_device(tensor: Tensor) -> None:
 def on_device(tensor: Tensor) -> contextlib.AbstractContextManager:
     """Launch on `tensor`'s GPU (Triton launches on the current device)."""
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
+# ---- shared by the attention kernels -------------------------------------------------------
+
+
+def cdiv(a: int, b: int) -> int:
+    """a / b rounded up."""
+    return -(-a // b)
+
+
+def attention_tiles(tokens: int, head_dim: int, dtype: torch.dtype) -> dict[str, object]:
+    """The attention kernels' tile sizes (16 at least: the tensor-core minimum) and float32
+    product precision."""
+    block = min(64, max(16, 1 << (tokens - 1).bit_length()))
+    return {
+        "BLOCK_M": block,
+        "BLOCK_N": block,
+        "BLOCK_D": max(16, 1 << (head_dim - 1).bit_length()),
+        "PRECISION": "ieee" if dtype == torch.float32 else "tf32",  # tf32 only names the default
+        "UPCAST_DOT": dtype == torch.bfloat16 and interpreting(),
+    }
+
+
+def tile_dot(a, b, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """a @ b accumulated in float32; bfloat16 goes through float32 on the interpreter, whose own
+    bfloat16 dot multiplies bit patterns (triton-lang/triton#11584)."""
+    if UPCAST_DOT:
+        product = tl.dot(a.to(tl.float32), b.to(tl.float32))
+    else:
+        product = tl.dot(a, b, input_precision=PRECISION)
+    return product
+
+
+def online_softmax_step(
+    scores, v, row_max, row_sum, acc, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr
+):
+    """One block of keys into a flash-attention forward: the running row max, the running sum of
+    exp(scores - max) and the accumulated probabilities x v, all rescaled to the new max."""
+    new_max = tl.maximum(row_max, max_along(scores, 1))
+    rescale = tl.exp(row_max - new_max)
+    p = tl.exp(scores - new_max[:, None])
+    row_sum = row_sum * rescale + sum_along(p, 1)
+    acc = acc * rescale[:, None] + tile_dot(p.to(v.dtype), v, PRECISION, UPCAST_DOT)
+    return new_max, row_sum, acc

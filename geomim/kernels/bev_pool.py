@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from geomim.kernels.dispatch import backend_failures, choose_backend
+from geomim.kernels.triton_bev_pool import bev_pool_intervals, triton_bev_pool
 
 
 def bev_pool(features: Tensor, cells: Tensor, num_cells: int, backend: str | None = None) -> Tensor:
@@ -31,12 +32,15 @@ def bev_pool(features: Tensor, cells: Tensor, num_cells: int, backend: str | Non
     """
     _check(features, cells)
     name = choose_backend("bev_pool", features.device, backend)
+    return pool_with(name, features, cells, num_cells)
+
+
+def pool_with(name: str, features: Tensor, cells: Tensor, num_cells: int) -> Tensor:
+    """`bev_pool` on backend `name`, chosen by the caller (`splat`'s materialised backends)."""
     if name == "reference":
         return reference_bev_pool(features, cells, num_cells)
     with backend_failures("bev_pool", name, features.device):
         if name == "triton":
-            from geomim.kernels.triton_bev_pool import bev_pool_intervals, triton_bev_pool
-
             return triton_bev_pool(features, bev_pool_intervals(cells, num_cells), num_cells)
         return features.new_zeros(num_cells, features.shape[1]).index_add_(0, cells, features)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from geomim.kernels.bev_pool import bev_pool, reference_bev_pool
+from geomim.kernels.bev_pool import pool_with
 from geomim.kernels.dispatch import backend_failures, choose_backend
 
 PLAN_CACHE_SIZE = 8
@@ -105,11 +105,7 @@ def splat(
             plan = cached_splat_plan(cells, num_cells, plan_key)
             return SparseSplat.apply(depth, context, plan)
     features = (depth[..., None] * context[:, None]).reshape(-1, context.shape[-1])
-    flat = cells.reshape(-1)
-    if name == "reference":
-        return reference_bev_pool(features, flat, num_cells + 1)[:-1]
-    backend = "triton" if name == "triton" else "index_add"
-    return bev_pool(features, flat, num_cells + 1, backend)[:-1]
+    return pool_with(name, features, cells.reshape(-1), num_cells + 1)[:-1]
 
 
 class SparseSplat(torch.autograd.Function):

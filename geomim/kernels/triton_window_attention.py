@@ -28,8 +28,13 @@ import torch
 from torch import Tensor
 
 from geomim.kernels import _triton
-from geomim.kernels._triton import max_along, sum_along  # jitted with the kernels
-from geomim.kernels.attention import reference_attention_with_bias, window_mask_from_groups
+from geomim.kernels._triton import (  # jitted with the kernels
+    attention_tiles,
+    cdiv,
+    online_softmax_step,
+    sum_along,
+    tile_dot,
+)
 
 if TYPE_CHECKING:  # the kernels get `tl` when jitted (geomim.kernels._triton)
     import triton.language as tl
@@ -66,18 +71,6 @@ def triton_attention_with_bias(
     return _WindowAttention.apply(q, k, v, bias, groups)
 
 
-def reference_window_attention(
-    q: Tensor, k: Tensor, v: Tensor, table: Tensor, index: Tensor, groups: Tensor | None = None
-) -> Tensor:
-    """The explicit PyTorch computation of `triton_window_attention`: (B, heads, L, d)."""
-    batch, heads, tokens, head_dim = q.shape
-    bias = table[index].permute(2, 0, 1)  # (heads, L, L)
-    if groups is not None:
-        bias = bias + window_mask_from_groups(groups).additive[:, None]  # (G, heads, L, L)
-    attended = reference_attention_with_bias(q, k, v, bias)  # (B, L, heads * d)
-    return attended.view(batch, tokens, heads, head_dim).transpose(1, 2)
-
-
 class _WindowAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, groups):
@@ -103,9 +96,9 @@ def _forward(
     q, k, v, bias = (_unit_stride(t) for t in (q, k, v, bias.contiguous()))
     out = _empty_output(q)
     row_max, row_sum = torch.empty(2, batch * heads, tokens, device=q.device).unbind(0)
-    blocks = _blocks(tokens, head_dim, q.dtype)
+    blocks = attention_tiles(tokens, head_dim, q.dtype)
     group_rows, num_groups = _group_rows(groups, bias)
-    grid = (batch * heads, _cdiv(tokens, blocks["BLOCK_M"]))
+    grid = (batch * heads, cdiv(tokens, blocks["BLOCK_M"]))
     with _triton.on_device(q):
         kernels._forward_kernel[grid](
             q, k, v, bias, group_rows, out, row_max, row_sum,
@@ -136,10 +129,10 @@ def _backward(
     delta = torch.empty(batch * heads, tokens, device=q.device)  # rowsum(dO * O), from kernel 1
     slots = _bias_grad_slots(batch) if bias_grad else 1
     grad_bias = torch.zeros(slots, heads, tokens, tokens, device=q.device)
-    blocks = _blocks(tokens, head_dim, q.dtype)
+    blocks = attention_tiles(tokens, head_dim, q.dtype)
     group_rows, num_groups = _group_rows(groups, bias)
-    query_grid = (batch * heads, _cdiv(tokens, blocks["BLOCK_M"]))
-    key_grid = (batch * heads, _cdiv(tokens, blocks["BLOCK_N"]))
+    query_grid = (batch * heads, cdiv(tokens, blocks["BLOCK_M"]))
+    key_grid = (batch * heads, cdiv(tokens, blocks["BLOCK_N"]))
     common = (heads, tokens, head_dim, num_groups, head_dim**-0.5)
     with _triton.on_device(q):
         kernels._backward_query_kernel[query_grid](
@@ -184,7 +177,7 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, groups: Tensor 
 
 
 def _kernels():
-    return _triton.jit(_load_rows, _load_groups, _dot, _online_softmax_step, _scores, *_KERNELS)
+    return _triton.jit(_load_rows, _load_groups, tile_dot, online_softmax_step, _scores, *_KERNELS)
 
 
 def _bias_grad_slots(windows: int) -> int:
@@ -192,22 +185,6 @@ def _bias_grad_slots(windows: int) -> int:
     if torch.are_deterministic_algorithms_enabled():
         return windows
     return min(windows, _BIAS_GRAD_SLOTS)
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _blocks(tokens: int, head_dim: int, dtype: torch.dtype) -> dict[str, object]:
-    """Tile sizes (16 at least: the tensor-core minimum) and the float32 product precision."""
-    block = min(64, max(16, 1 << (tokens - 1).bit_length()))
-    return {
-        "BLOCK_M": block,
-        "BLOCK_N": block,
-        "BLOCK_D": max(16, 1 << (head_dim - 1).bit_length()),
-        "PRECISION": "ieee" if dtype == torch.float32 else "tf32",  # tf32 only names the default
-        "UPCAST_DOT": dtype == torch.bfloat16 and _triton.interpreting(),
-    }
 
 
 def _group_rows(groups: Tensor | None, placeholder: Tensor) -> tuple[Tensor, int]:
@@ -250,29 +227,6 @@ def _load_groups(groups_ptr, window, rows, tokens, HAS_GROUPS: tl.constexpr):
     return groups
 
 
-def _dot(a, b, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """a @ b accumulated in float32; bfloat16 goes through float32 on the interpreter, whose own
-    bfloat16 dot multiplies bit patterns (triton-lang/triton#11584)."""
-    if UPCAST_DOT:
-        product = tl.dot(a.to(tl.float32), b.to(tl.float32))
-    else:
-        product = tl.dot(a, b, input_precision=PRECISION)
-    return product
-
-
-def _online_softmax_step(
-    scores, v, row_max, row_sum, acc, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr
-):
-    """One block of keys into a flash-attention forward: the running row max, the running sum of
-    exp(scores - max) and the accumulated probabilities x v, all rescaled to the new max."""
-    new_max = tl.maximum(row_max, max_along(scores, 1))
-    rescale = tl.exp(row_max - new_max)
-    p = tl.exp(scores - new_max[:, None])
-    row_sum = row_sum * rescale + sum_along(p, 1)
-    acc = acc * rescale[:, None] + _dot(p.to(v.dtype), v, PRECISION, UPCAST_DOT)
-    return new_max, row_sum, acc
-
-
 def _scores(
     q,
     k,
@@ -289,7 +243,7 @@ def _scores(
 ):
     """(rows, cols) float32 logits: q k^T * scale + bias, -1e30 across groups, -inf past L."""
     inside = (rows[:, None] < tokens) & (cols[None, :] < tokens)
-    scores = _dot(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
+    scores = tile_dot(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
     bias = tl.load(bias_ptr + rows[:, None] * tokens + cols[None, :], mask=inside, other=0.0)
     scores += bias.to(tl.float32)
     if HAS_GROUPS:
@@ -327,7 +281,7 @@ def _forward_kernel(
         col_groups = _load_groups(groups_ptr, window % num_groups, cols, tokens, HAS_GROUPS)
         scores = _scores(q, k, bias_ptr, row_groups, col_groups, rows, cols, tokens, scale,
                          HAS_GROUPS, PRECISION, UPCAST_DOT)  # fmt: skip
-        row_max, row_sum, acc = _online_softmax_step(
+        row_max, row_sum, acc = online_softmax_step(
             scores, v, row_max, row_sum, acc, PRECISION, UPCAST_DOT
         )
     acc = acc / row_sum[:, None]
@@ -381,9 +335,9 @@ def _backward_query_kernel(
                          HAS_GROUPS, PRECISION, UPCAST_DOT)  # fmt: skip
         p = tl.exp(scores - row_max[:, None]) / row_sum[:, None]
         p = tl.where(row_ok[:, None], p, 0.0)
-        grad_p = _dot(grad_out, tl.trans(v), PRECISION, UPCAST_DOT)
+        grad_p = tile_dot(grad_out, tl.trans(v), PRECISION, UPCAST_DOT)
         grad_scores = p * (grad_p - delta[:, None])  # also the bias gradient, mask or not
-        grad_q += _dot(grad_scores.to(k.dtype), k, PRECISION, UPCAST_DOT)
+        grad_q += tile_dot(grad_scores.to(k.dtype), k, PRECISION, UPCAST_DOT)
         if BIAS_GRAD:
             inside = row_ok[:, None] & (cols[None, :] < tokens)
             offsets = rows[:, None] * tokens + cols[None, :]
@@ -432,10 +386,10 @@ def _backward_key_kernel(
                          HAS_GROUPS, PRECISION, UPCAST_DOT)  # fmt: skip
         p = tl.exp(scores - row_max[:, None]) / row_sum[:, None]
         p = tl.where(row_ok[:, None], p, 0.0)
-        grad_v += _dot(tl.trans(p.to(grad_out.dtype)), grad_out, PRECISION, UPCAST_DOT)
-        grad_p = _dot(grad_out, tl.trans(v), PRECISION, UPCAST_DOT)
+        grad_v += tile_dot(tl.trans(p.to(grad_out.dtype)), grad_out, PRECISION, UPCAST_DOT)
+        grad_p = tile_dot(grad_out, tl.trans(v), PRECISION, UPCAST_DOT)
         grad_scores = p * (grad_p - delta[:, None])
-        grad_k += _dot(tl.trans(grad_scores.to(q.dtype)), q, PRECISION, UPCAST_DOT)
+        grad_k += tile_dot(tl.trans(grad_scores.to(q.dtype)), q, PRECISION, UPCAST_DOT)
     dims = tl.arange(0, BLOCK_D)
     offsets = window * stride_db + head * stride_dh + cols[:, None] * stride_dl + dims[None, :]
     inside = (cols[:, None] < tokens) & (dims[None, :] < head_dim)

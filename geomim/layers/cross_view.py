@@ -3,7 +3,7 @@
 The nuScenes cameras form a horizontal ring around the car, so one image row across the views is a
 horizontal band around it: one sequence per sample and row, holding that row of every view, on
 which a pre-norm transformer block runs. The block stays in the view-major layout (B, N, H, W, C)
-throughout: its attention (`geomim.kernels.cross_view`) reads each row sequence from the qkv
+throughout: its attention (`geomim.kernels.row_attention`) reads each row sequence from the qkv
 projection in place. `rows_across_views` spells the regrouping out, (B*N, H*W, C) -> (B*H, N*W, C)
 (the official formulation: a timm `Block` on those sequences).
 """
@@ -16,7 +16,7 @@ from timm.layers import DropPath
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from geomim.kernels.cross_view import row_attention
+from geomim.kernels.row_attention import row_attention
 
 
 def rows_across_views(x: Tensor, num_views: int, height: int, width: int) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from geomim.kernels.attention import WindowMask
+from geomim.kernels.window_attention import WindowMask
 from geomim.layers.mlp import ChunkedMlp
 from geomim.layers.window_attention import WindowAttention
 from geomim.layers.windows import pad_to_multiple, window_merge, window_partition

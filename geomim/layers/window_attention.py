@@ -6,7 +6,7 @@ import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-from geomim.kernels.attention import WindowMask, relative_bias, window_attention
+from geomim.kernels.window_attention import WindowMask, relative_bias, window_attention
 
 
 def relative_position_index(window: int) -> Tensor:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
-from geomim.kernels import attention, bev_pool, last_backend, set_backend, window_attention
-from geomim.kernels.attention import window_mask_from_groups
+from geomim.kernels import bev_pool, last_backend, set_backend, window_attention
 from geomim.kernels.dispatch import (
     BACKENDS,
     CUDA_DEFAULTS,
@@ -15,9 +16,11 @@ from geomim.kernels.dispatch import (
     default_backend,
     usable_backends,
 )
+from geomim.kernels.window_attention import window_mask_from_groups
 from geomim.layers import WindowAttention
 
 CPU = torch.device("cpu")
+attention = importlib.import_module("geomim.kernels.window_attention")
 
 
 def test_the_argument_beats_the_environment_which_beats_the_process_setting(monkeypatch):

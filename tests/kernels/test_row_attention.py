@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geomim.kernels import cross_view as module
 from geomim.kernels import last_backend, set_backend
-from geomim.kernels.cross_view import reference_row_attention, row_attention
+from geomim.kernels import triton_row_attention as module
 from geomim.kernels.dispatch import choose_backend
+from geomim.kernels.row_attention import reference_row_attention, row_attention
 from tests.kernels.triton_compile import compile_for_gpu
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -16,14 +16,22 @@ import torch
 
 from geomim.kernels import triton_window_attention as module
 from geomim.kernels.triton_window_attention import (
-    reference_window_attention,
     triton_attention_with_bias,
     triton_window_attention,
 )
+from geomim.kernels.window_attention import window_attention, window_mask_from_groups
 from geomim.layers.window_attention import relative_position_index
 from tests.kernels.triton_compile import compile_for_gpu
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def reference_window_attention(q, k, v, table, index, groups=None):
+    """The dispatch's reference backend in the kernel's (B, heads, L, d) layout."""
+    qkv = torch.stack((q, k, v), dim=2).permute(0, 3, 2, 1, 4)  # (B, L, 3, heads, d)
+    mask = None if groups is None else window_mask_from_groups(groups)
+    attended = window_attention(qkv, table, index, mask, backend="reference")
+    return attended.unflatten(-1, (q.shape[1], -1)).transpose(1, 2)
 
 
 def make_problem(

@@ -5,7 +5,7 @@ function (`window_attention`) in front of five backends:
   and the mask added as full tensors, softmax, times v, then the layout copies back.
 - "chunked" (CPU default): the explicit computation a few windows at a time in a cache-sized
   buffer, the mask added there, with a backward that recomputes the probabilities
-  (`chunked_attention`): on CPUs it beats both the official formulation and SDPA.
+  (below): on CPUs it beats both the official formulation and SDPA.
 - "sdpa" (CUDA default): `F.scaled_dot_product_attention` reading q, k, v as strided views of the
   qkv projection, the (heads, L, L) bias plus mask passed as a stride-0 expanded 4D mask:
   PyTorch's CPU flash kernel takes only a 4D mask (with a 3D one SDPA falls back to the unfused
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from geomim.kernels.chunked_attention import chunked_attention_with_bias
 from geomim.kernels.dispatch import backend_failures, choose_backend
+from geomim.kernels.triton_window_attention import triton_window_attention
 
 NEVER = (
     -1e30
@@ -97,14 +97,12 @@ def _run_backend(
     name: str, qkv: Tensor, table: Tensor, index: Tensor, mask: WindowMask | None
 ) -> Tensor:
     if name == "reference":
-        return _official(qkv, table, index, mask)
+        return reference_window_attention(qkv, table, index, mask)
     if name == "chunked":
         additive = None if mask is None else _in_dtype(mask.additive, qkv.dtype)
         return chunked_attention_with_bias(qkv, relative_bias(table, index).to(qkv.dtype), additive)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D), strided views
     if name == "triton":
-        from geomim.kernels.triton_window_attention import triton_window_attention
-
         groups = None if mask is None else mask.groups
         return triton_window_attention(q, k, v, table, index, groups).transpose(1, 2).flatten(2)
     if name == "flex":
@@ -134,7 +132,7 @@ def attention_with_bias(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor
     return attended.transpose(1, 2).flatten(2)
 
 
-def reference_attention_with_bias(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     """The explicit computation: scale q, matmul, add the bias, softmax, matmul -> (B, L, H*D)."""
     logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     bias = _in_dtype(bias, q.dtype)
@@ -142,13 +140,16 @@ def reference_attention_with_bias(q: Tensor, k: Tensor, v: Tensor, bias: Tensor)
     return (logits.softmax(dim=-1) @ v).transpose(1, 2).flatten(2)
 
 
-def _official(qkv: Tensor, table: Tensor, index: Tensor, mask: WindowMask | None) -> Tensor:
-    """The official Swin computation, copies included (the baseline the benchmarks compare to)."""
+def reference_window_attention(
+    qkv: Tensor, table: Tensor, index: Tensor, mask: WindowMask | None = None
+) -> Tensor:
+    """The official Swin computation, copies included (the reference every backend is checked
+    against, and the baseline of the benchmarks): qkv (B, L, 3, H, D) -> (B, L, H * D)."""
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
     bias = relative_bias(table, index).contiguous()
     if mask is not None:
         bias = bias + mask.additive[:, None]
-    return reference_attention_with_bias(q, k, v, bias)
+    return _explicit_attention(q, k, v, bias)
 
 
 def _flex(
@@ -215,3 +216,114 @@ def _compiled_flex_attention():
 def _in_dtype(bias: Tensor, dtype: torch.dtype) -> Tensor:
     """The bias in the attention's dtype, with "never attend" (-1e30) kept finite in fp16."""
     return bias.clamp(min=torch.finfo(dtype).min).to(dtype)
+
+
+# ---- "chunked": biased attention a few windows at a time, every intermediate in cache --------
+# The official formulation writes the (windows x heads x L x L) logits, bias sum and probabilities
+# out to memory several times; at Swin's sizes on a CPU that traffic, not the matrix products, is
+# most of the time. Here the same explicit computation (bias copied into a buffer, q k^T added
+# onto it by one batched GEMM, softmax in place, times v) runs over chunks of windows whose logits
+# fit in a cache-sized buffer, and the backward recomputes each chunk's probabilities instead of
+# saving them (as flash attention does), so training keeps no (L x L) tensor per window either.
+
+CHUNK_BYTES = 2 << 20  # logits per chunk: about one core's L2
+
+
+def chunked_attention_with_bias(qkv: Tensor, bias: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(q k^T d^-0.5 + bias + mask) v for qkv (B, L, 3, H, D), bias (H, L, L) (may need
+    grad) and an optional additive mask (G, L, L), window b reading mask[b % G] -> (B, L, H * D).
+    """
+    return _ChunkedAttention.apply(qkv, bias, mask).flatten(2)
+
+
+class _ChunkedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv: Tensor, bias: Tensor, mask: Tensor | None) -> Tensor:
+        with torch.autocast(qkv.device.type, enabled=False):  # in the dtype of q, k, v
+            out = _chunked_forward(qkv, bias, mask)
+        ctx.save_for_backward(qkv, bias, mask, out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor | None, None]:
+        qkv, bias, mask, out = ctx.saved_tensors
+        with torch.autocast(qkv.device.type, enabled=False):
+            grads = _chunked_backward(qkv, bias, mask, out, grad_out, ctx.needs_input_grad[1])
+        return *grads, None
+
+
+def _chunked_forward(qkv: Tensor, bias: Tensor, mask: Tensor | None) -> Tensor:
+    batch, tokens, _, heads, dim = qkv.shape
+    out = qkv.new_empty(batch, tokens, heads, dim)
+    for start, stop in _chunks(qkv, mask):
+        q, k, v = _split(qkv[start:stop])
+        probabilities = _probabilities(q, k, bias, _chunk_mask(mask, start, stop))
+        attended = torch.bmm(probabilities, v).unflatten(0, (stop - start, heads))
+        out[start:stop] = attended.transpose(1, 2)
+    return out
+
+
+def _chunked_backward(
+    qkv: Tensor, bias: Tensor, mask: Tensor | None, out: Tensor, grad_out: Tensor, bias_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    scale = qkv.shape[-1] ** -0.5
+    heads = qkv.shape[3]
+    grad_qkv = torch.empty_like(qkv)
+    grad_bias = torch.zeros_like(bias) if bias_grad else None
+    for start, stop in _chunks(qkv, mask):
+        q, k, v = _split(qkv[start:stop])
+        probabilities = _probabilities(q, k, bias, _chunk_mask(mask, start, stop))
+        grad = grad_out[start:stop].transpose(1, 2).flatten(0, 1)  # (n * H, L, D)
+        # softmax backward: row sums of grad * out equal those of grad_logits * probabilities
+        row = (grad_out[start:stop] * out[start:stop]).sum(dim=-1).transpose(1, 2).flatten(0, 1)
+        grad_v = torch.bmm(probabilities.transpose(1, 2), grad)
+        grad_logits = torch.bmm(grad, v.transpose(1, 2))
+        grad_logits.sub_(row[..., None]).mul_(probabilities)
+        if grad_bias is not None:
+            grad_bias.add_(grad_logits.view(-1, *bias.shape).sum(dim=0))
+        grad_q = torch.bmm(grad_logits, k).mul_(scale)
+        grad_k = torch.bmm(grad_logits.transpose(1, 2), q).mul_(scale)
+        for slot, value in enumerate((grad_q, grad_k, grad_v)):
+            grad_qkv[start:stop, :, slot] = value.unflatten(0, (stop - start, heads)).transpose(
+                1, 2
+            )
+    return grad_qkv, grad_bias
+
+
+def _chunks(qkv: Tensor, mask: Tensor | None) -> list[tuple[int, int]]:
+    """Window ranges with about CHUNK_BYTES of logits each, none across a multiple of the mask
+    period G (so a chunk's masks are one slice)."""
+    batch, tokens, _, heads, _ = qkv.shape
+    size = max(1, CHUNK_BYTES // (heads * tokens * tokens * qkv.element_size()))
+    period = batch if mask is None else mask.shape[0]
+    return [
+        (start, min(first + period, start + size))
+        for first in range(0, batch, period)
+        for start in range(first, first + period, size)
+    ]
+
+
+def _split(qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v of a chunk (n, L, 3, H, D) as (n * H, L, D) each (views for one window)."""
+    return tuple(part.transpose(1, 2).flatten(0, 1) for part in qkv.unbind(2))
+
+
+def _chunk_mask(mask: Tensor | None, start: int, stop: int) -> Tensor | None:
+    """The chunk's masks (n, 1, L, L), or None."""
+    if mask is None:
+        return None
+    first = start % mask.shape[0]
+    return mask[first : first + stop - start, None]
+
+
+def _probabilities(q: Tensor, k: Tensor, bias: Tensor, mask: Tensor | None) -> Tensor:
+    """softmax(q k^T d^-0.5 + bias + mask) as (n * H, L, L), in one buffer."""
+    count, tokens, dim = q.shape
+    logits = q.new_empty(count, tokens, tokens)
+    windows = logits.view(-1, *bias.shape)  # (n, H, L, L)
+    windows.copy_(bias)
+    if mask is not None:
+        windows.add_(mask)
+    logits.baddbmm_(q, k.transpose(1, 2), alpha=dim**-0.5)
+    return torch.softmax(logits, dim=-1, out=logits)

@@ -1,19 +1,7 @@
-"""Row attention, the attention of Cross-View Attention, read straight from view-major tokens.
-
-qkv comes as the projection of (B, N, H, W, C) camera maps, viewed (B, N, H, W, 3, heads, D). For
-each sample b and image row h, the N*W tokens of that row in every view form one sequence, its
-position p = n * W + w holding token [b, n, h, w]; softmax(q k^T D^-0.5) v runs within it. With
-`key_visible` (B, N, H, W) bool, a hidden key is attended to by its own query only, so a hidden
-query that sees nothing attends to itself. One dispatch function, `row_attention`, in front of:
-
-- "reference": the official formulation: qkv copied into (B*H, heads, N*W, D) rows, q scaled
-  times k^T, the mask added as -inf, softmax, times v, the output copied back to view-major.
-- "sdpa" (the default): the same copies around `F.scaled_dot_product_attention` (q, k, v strided
-  as timm's `Attention` passes them; a bool mask only where keys are hidden).
-- "triton" (opt-in until measured on a GPU): flash attention (online softmax, the mask read
-  from `key_visible`) that reads q, k, v and writes the output by strides in the view-major
-  layout, and whose backward writes dq, dk, dv into one gradient of qkv's layout: no layout
-  copy either way.
+"""The Triton kernels of row attention (`geomim.kernels.row_attention`, backend "triton"): flash
+attention over each image row of every view, reading q, k, v and writing the output by strides in
+the view-major layout, the key mask read from `key_visible`; the backward writes dq, dk, dv into
+one gradient laid out as qkv, so no layout copy happens either way.
 """
 
 from __future__ import annotations
@@ -21,91 +9,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from geomim.kernels import _triton
-from geomim.kernels._triton import sum_along  # jitted with the kernels
-from geomim.kernels.dispatch import backend_failures, choose_backend
-from geomim.kernels.triton_window_attention import _blocks, _cdiv, _dot, _online_softmax_step
+from geomim.kernels._triton import (  # jitted with the kernels
+    attention_tiles,
+    cdiv,
+    online_softmax_step,
+    sum_along,
+    tile_dot,
+)
 
 if TYPE_CHECKING:  # the kernels get `tl` when jitted (geomim.kernels._triton)
     import triton.language as tl
 
 
-def row_attention(
-    qkv: Tensor, key_visible: Tensor | None = None, backend: str | None = None
-) -> Tensor:
-    """Attention within each image row across the views: qkv (B, N, H, W, 3, heads, D), optional
-    `key_visible` (B, N, H, W) bool -> (B, N, H, W, heads * D), view-major."""
-    _check_inputs(qkv, key_visible)
-    name = choose_backend("row_attention", qkv.device, backend)
-    if name == "reference":
-        return reference_row_attention(qkv, key_visible)
-    if name == "triton":
-        _triton.check_device(qkv)
-    with backend_failures("row_attention", name, qkv.device):
-        if name == "triton":
-            qkv = qkv if qkv.is_contiguous() else qkv.contiguous()  # the gradient's strides
-            visible = None if key_visible is None else key_visible.to(torch.int8).contiguous()
-            return _RowAttention.apply(qkv, visible).flatten(-2)
-        q, k, v = _rows(qkv)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=_row_mask(key_visible))
-        return _views_from_rows(attended, qkv.shape[0], qkv.shape[1])
-
-
-def reference_row_attention(qkv: Tensor, key_visible: Tensor | None = None) -> Tensor:
-    """The official computation (explicit matmul and softmax, layout copies) -> (B, N, H, W, C)."""
-    q, k, v = _rows(qkv)
-    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B*H, heads, N*W, N*W)
-    mask = _row_mask(key_visible)
-    if mask is not None:
-        logits = logits + torch.zeros_like(mask, dtype=logits.dtype).masked_fill(~mask, -torch.inf)
-    return _views_from_rows(logits.softmax(dim=-1) @ v, qkv.shape[0], qkv.shape[1])
-
-
-def _rows(qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(B, N, H, W, 3, heads, D) -> q, k, v (B*H, heads, N*W, D): one copy, then strided views."""
-    batch, views, height, width, three, heads, head_dim = qkv.shape
-    rows = qkv.transpose(1, 2).reshape(batch * height, views * width, three, heads, head_dim)
-    return rows.permute(2, 0, 3, 1, 4).unbind(0)
-
-
-def _views_from_rows(attended: Tensor, batch: int, views: int) -> Tensor:
-    """(B*H, heads, N*W, D) -> (B, N, H, W, heads * D), copied into the view-major layout."""
-    split = attended.unflatten(2, (views, -1)).unflatten(0, (batch, -1))  # (B, H, heads, N, W, D)
-    return split.permute(0, 3, 1, 4, 2, 5).flatten(-2).contiguous()
-
-
-def _row_mask(key_visible: Tensor | None) -> Tensor | None:
-    """(B*H, 1, N*W, N*W) bool, True where a query may attend to a key (visible, or itself)."""
-    if key_visible is None:
-        return None
-    batch, views, height, width = key_visible.shape
-    keys = key_visible.transpose(1, 2).reshape(batch * height, views * width)
-    itself = torch.eye(views * width, dtype=torch.bool, device=keys.device)
-    return (keys[:, None, :] | itself)[:, None]
-
-
-def _check_inputs(qkv: Tensor, key_visible: Tensor | None) -> None:
-    if qkv.ndim != 7 or qkv.shape[4] != 3:
-        raise ValueError(f"expected qkv (B, N, H, W, 3, heads, D), got shape {tuple(qkv.shape)}")
-    if not qkv.dtype.is_floating_point:
-        raise TypeError(f"expected a floating-point qkv, got {qkv.dtype}")
-    if key_visible is None:
-        return
-    if key_visible.shape != qkv.shape[:4]:
-        raise ValueError(
-            f"expected key_visible of shape (B, N, H, W) = {tuple(qkv.shape[:4])}, "
-            f"got {tuple(key_visible.shape)}"
-        )
-    if key_visible.dtype != torch.bool:
-        raise TypeError(f"expected a bool key_visible, got {key_visible.dtype}")
-    if key_visible.device != qkv.device:
-        raise ValueError(f"expected key_visible on {qkv.device}, got {key_visible.device}")
-
-
-# ---- Triton: the autograd function and its launches ----------------------------------------
+def triton_row_attention(qkv: Tensor, key_visible: Tensor | None) -> Tensor:
+    """qkv (B, N, H, W, 3, heads, D), key_visible (B, N, H, W) bool or None -> (B, N, H, W,
+    heads * D); inputs checked by `row_attention`."""
+    qkv = qkv if qkv.is_contiguous() else qkv.contiguous()  # the gradient shares its strides
+    visible = None if key_visible is None else key_visible.to(torch.int8).contiguous()
+    return _RowAttention.apply(qkv, visible).flatten(-2)
 
 
 class _RowAttention(torch.autograd.Function):
@@ -128,8 +52,8 @@ def _forward(qkv: Tensor, visible: Tensor | None) -> tuple[Tensor, Tensor, Tenso
     tokens = views * width
     out = qkv.new_empty(batch, views, height, width, heads, head_dim)
     row_max, row_sum = torch.empty(2, batch * height * heads, tokens, device=qkv.device).unbind(0)
-    blocks = _blocks(tokens, head_dim, qkv.dtype)
-    grid = (batch * height * heads, _cdiv(tokens, blocks["BLOCK_M"]))
+    blocks = attention_tiles(tokens, head_dim, qkv.dtype)
+    grid = (batch * height * heads, cdiv(tokens, blocks["BLOCK_M"]))
     with _triton.on_device(qkv):
         kernels._forward_kernel[grid](
             qkv, qkv if visible is None else visible, out, row_max, row_sum,
@@ -155,18 +79,18 @@ def _backward(
     grad_out = grad_out.contiguous()  # the strides of out (both contiguous)
     grad_qkv = torch.empty_like(qkv)  # the strides of qkv (contiguous, see row_attention)
     delta = torch.empty_like(row_max)  # rowsum(dO * O), from the first kernel for the second
-    blocks = _blocks(tokens, head_dim, qkv.dtype)
+    blocks = attention_tiles(tokens, head_dim, qkv.dtype)
     common = (
         *_qkv_strides(qkv), *_out_strides(out),
         height, width, heads, tokens, head_dim, head_dim**-0.5,
     )  # fmt: skip
     mask = qkv if visible is None else visible
     with _triton.on_device(qkv):
-        kernels._backward_query_kernel[(row_max.shape[0], _cdiv(tokens, blocks["BLOCK_M"]))](
+        kernels._backward_query_kernel[(row_max.shape[0], cdiv(tokens, blocks["BLOCK_M"]))](
             qkv, mask, out, grad_out, row_max, row_sum, delta, grad_qkv, *common,
             HAS_MASK=visible is not None, **blocks,
         )  # fmt: skip
-        kernels._backward_key_kernel[(row_max.shape[0], _cdiv(tokens, blocks["BLOCK_N"]))](
+        kernels._backward_key_kernel[(row_max.shape[0], cdiv(tokens, blocks["BLOCK_N"]))](
             qkv, mask, grad_out, row_max, row_sum, delta, grad_qkv, *common,
             HAS_MASK=visible is not None, **blocks,
         )  # fmt: skip
@@ -175,7 +99,7 @@ def _backward(
 
 def _kernels():
     return _triton.jit(
-        _dot, _online_softmax_step, _bases, _token_offsets, _load_tokens, _store_tokens,
+        tile_dot, online_softmax_step, _bases, _token_offsets, _load_tokens, _store_tokens,
         _load_visible, _load_keys, _scores, *_KERNELS,
     )  # fmt: skip
 
@@ -266,7 +190,7 @@ def _scores(
 ):
     """(queries, keys) float32 logits q k^T * scale; -1e30 for a hidden key other than the query
     itself (each real query sees itself, so its probabilities there are exactly 0); -inf past L."""
-    scores = _dot(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
+    scores = tile_dot(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
     if HAS_MASK:
         allowed = (key_visible[None, :] != 0) | (queries[:, None] == keys[None, :])
         scores = tl.where(allowed, scores, -1e30)
@@ -302,7 +226,7 @@ def _forward_kernel(
         )  # fmt: skip
         scores = _scores(q, k, queries, keys, key_visible, tokens, scale, HAS_MASK, PRECISION,
                          UPCAST_DOT)  # fmt: skip
-        row_max, row_sum, acc = _online_softmax_step(
+        row_max, row_sum, acc = online_softmax_step(
             scores, v, row_max, row_sum, acc, PRECISION, UPCAST_DOT
         )
     out_offsets = _token_offsets(queries, width, stride_on, stride_ow)
@@ -353,9 +277,9 @@ def _backward_query_kernel(
                          UPCAST_DOT)  # fmt: skip
         p = tl.exp(scores - row_max[:, None]) / row_sum[:, None]
         p = tl.where(query_ok[:, None], p, 0.0)
-        grad_p = _dot(grad_out, tl.trans(v), PRECISION, UPCAST_DOT)
+        grad_p = tile_dot(grad_out, tl.trans(v), PRECISION, UPCAST_DOT)
         grad_scores = p * (grad_p - delta[:, None])
-        grad_q += _dot(grad_scores.to(k.dtype), k, PRECISION, UPCAST_DOT)
+        grad_q += tile_dot(grad_scores.to(k.dtype), k, PRECISION, UPCAST_DOT)
     _store_tokens(grad_qkv_ptr + qkv_base, q_offsets, queries, tokens, head_dim, grad_q * scale,
                   BLOCK_D)  # fmt: skip
 
@@ -398,10 +322,10 @@ def _backward_key_kernel(
                          UPCAST_DOT)  # fmt: skip
         p = tl.exp(scores - row_max[:, None]) / row_sum[:, None]
         p = tl.where(query_ok[:, None], p, 0.0)
-        grad_v += _dot(tl.trans(p.to(grad_out.dtype)), grad_out, PRECISION, UPCAST_DOT)
-        grad_p = _dot(grad_out, tl.trans(v), PRECISION, UPCAST_DOT)
+        grad_v += tile_dot(tl.trans(p.to(grad_out.dtype)), grad_out, PRECISION, UPCAST_DOT)
+        grad_p = tile_dot(grad_out, tl.trans(v), PRECISION, UPCAST_DOT)
         grad_scores = p * (grad_p - delta[:, None])
-        grad_k += _dot(tl.trans(grad_scores.to(q.dtype)), q, PRECISION, UPCAST_DOT)
+        grad_k += tile_dot(tl.trans(grad_scores.to(q.dtype)), q, PRECISION, UPCAST_DOT)
     grad_k_ptr = grad_qkv_ptr + qkv_base + stride_part
     key_offsets = _token_offsets(keys, width, stride_n, stride_w)
     _store_tokens(grad_k_ptr, key_offsets, keys, tokens, head_dim, grad_k * scale, BLOCK_D)
