@@ -88,9 +88,11 @@ def to_onnx(
 
     def export(target: Path, images: Tensor, dynamic: bool) -> None:
         shapes = ({0: torch.export.Dim("rigs", min=1, max=1024)},) if dynamic else None
+        outputs = [f"stage{index}" for index in model.feature_info.out_indices]
         torch.onnx.export(
-            model, (images,), str(target), dynamo=True, dynamic_shapes=shapes, verbose=False
-        )
+            model, (images,), str(target), dynamo=True, dynamic_shapes=shapes, verbose=False,
+            input_names=["images"], output_names=outputs,
+        )  # fmt: skip
 
     def run(target: Path, images: Tensor) -> list[Tensor]:
         import onnxruntime

@@ -41,7 +41,10 @@ def test_the_cli_exports_a_weights_file_to_onnx_with_standard_operators_only(
     assert "max |difference| to eager PyTorch" in capsys.readouterr().out
     path = tmp_path / "model.onnx"
     assert deploy.custom_ops(path) == []
-    operators = {node.op_type for node in onnx.load(str(path)).graph.node}
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["images"]
+    assert [o.name for o in graph.output] == ["stage2", "stage3"]
+    operators = {node.op_type for node in graph.node}
     assert "MatMul" in operators and "Softmax" in operators  # the attention, written out
     overlay = {"file": str(weights_file)}
     backbone = timm.create_model(
