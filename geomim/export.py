@@ -82,6 +82,7 @@ def export_run(
     encoder.pretrained_cfg = {  # what config.json tells timm about these weights
         **encoder.pretrained_cfg,
         "tag": "geomim_train",
+        "license": run_license(config),
         "input_size": (3, height, width),
         "notes": [f"geomim.train run {run_dir}, step {step}, teacher {config.teacher.kind}"],
     }
@@ -92,6 +93,13 @@ def export_run(
     card = run_model_card(config, state, encoder.state_dict())
     write_atomic(out_dir / "README.md", lambda path: Path(path).write_text(card))
     return out_dir
+
+
+def run_license(config: TrainConfig) -> str:
+    """The licence of a run's weights: Apache-2.0 (the code's) when trained from scratch; when
+    initialised from other weights (`encoder_weights`, e.g. the official release, which declares
+    no licence) their licence applies, which we cannot state."""
+    return "apache-2.0" if config.encoder_weights is None else "other"
 
 
 def run_model_card(
@@ -114,7 +122,7 @@ def run_model_card(
     )
     return f"""---
 library_name: timm
-license: other
+license: {run_license(config)}
 tags: [geomim, image-feature-extraction, autonomous-driving, bev, masked-image-modeling]
 ---
 # {name}, pretrained with `geomim.train`

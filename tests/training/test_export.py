@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import safetensors.torch
 import timm
 import torch
@@ -32,6 +34,8 @@ def test_exported_backbone_features_equal_the_trained_encoders(
     assert "wrote" in capsys.readouterr().out
     folder = tmp_path / "exported"
     card = (folder / "README.md").read_text()
+    licence = json.loads((folder / "config.json").read_text())["pretrained_cfg"]["license"]
+    assert licence == "apache-2.0" and "\nlicense: apache-2.0\n" in card  # one statement
     assert "after 8 of 8 steps" in card and "| loss |" in card and "encoder: geomim_test" in card
 
     images = torch.randn(1, 2, 3, 64, 176, generator=torch.Generator().manual_seed(0))
