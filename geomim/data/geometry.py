@@ -18,6 +18,7 @@ from torch import Tensor
 # BEVFusion's ImageAug3D in the official recipe: resize range in training, fixed test resize.
 RESIZE_RANGE = (0.38, 0.55)
 TEST_RESIZE = 0.48
+RECIPE_WIDTH_RATIO = 704 / 1600  # the recipe's crop width over nuScenes' image width
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,16 @@ def sample_image_aug(
     rotate_range: tuple[float, float] = (-5.4, 5.4),
     flip_probability: float = 0.5,
 ) -> ImageAug:
-    """BEVFusion's `ImageAug3D` (bottom crop, bot_pct 0): random in training, fixed in test."""
+    """BEVFusion's `ImageAug3D` (bottom crop, bot_pct 0): random in training, fixed in test.
+
+    The resize factors are the recipe's for 1600-wide images into 704-wide crops; other widths
+    scale them by `resize_scale`, so the crop covers the recipe's field of view whatever the two
+    sizes (nuScenes into 704 x 256, or 400-wide synthetic images into 176 x 64: unchanged).
+    """
     width, height = image_size
     final_w, final_h = final_size
-    resize = float(rng.uniform(*resize_range)) if train else test_resize
+    scale = resize_scale(image_size, final_size)
+    resize = scale * (float(rng.uniform(*resize_range)) if train else test_resize)
     new_w, new_h = int(width * resize), int(height * resize)
     top = new_h - final_h
     slack = max(0, new_w - final_w)
@@ -74,6 +81,13 @@ def sample_image_aug(
     flip = bool(train and rng.uniform() < flip_probability)
     angle = float(rng.uniform(*rotate_range)) if train else 0.0
     return ImageAug(resize, (left, top, left + final_w, top + final_h), flip, angle)
+
+
+def resize_scale(image_size: tuple[int, int], final_size: tuple[int, int]) -> float:
+    """How much the recipe's resize factors scale for (W, H) images into (W, H) crops: 1 at the
+    recipe's width ratio (704 / 1600)."""
+    ratio = final_size[0] / image_size[0]
+    return 1.0 if ratio == RECIPE_WIDTH_RATIO else ratio / RECIPE_WIDTH_RATIO
 
 
 def lidar_aug_matrix(flip_x: bool = False, flip_y: bool = False) -> np.ndarray:

@@ -24,12 +24,14 @@ from torch.utils.data import Dataset
 
 from geomim.data.batch import check_camera_values, check_points
 from geomim.data.geometry import (
+    RECIPE_WIDTH_RATIO,
     RESIZE_RANGE,
     TEST_RESIZE,
     ImageAug,
     depth_maps,
     lidar_aug_matrix,
     pose_matrix,
+    resize_scale,
     sample_image_aug,
 )
 from geomim.data.index import SampleIndex
@@ -273,21 +275,36 @@ class NuScenesMultiView(Dataset):
         return points
 
     def _check_image_size(self, size: tuple[int, int], channel: str, token: str) -> None:
-        """Warn once if images, at the largest scale this mode uses, cannot fill the input."""
+        """Warn once if images are smaller than the recipe's field of view needs for this input
+        (they are upscaled, hence blurred), or cannot fill it at all (black padding)."""
+        if self._warned_small_image:
+            return
         width, height = size
-        resize = max(RESIZE_RANGE) if self.train else TEST_RESIZE
-        scaled = int(width * resize), int(height * resize)
         final_w, final_h = self.image_size
-        if self._warned_small_image or (scaled[0] >= final_w and scaled[1] >= final_h):
+        resize = resize_scale(size, self.image_size) * (
+            max(RESIZE_RANGE) if self.train else TEST_RESIZE
+        )
+        scaled = int(width * resize), int(height * resize)
+        scale = "the largest training scale" if self.train else "the test scale"
+        if scaled[0] < final_w or scaled[1] < final_h:
+            covered = min(1.0, scaled[0] / final_w) * min(1.0, scaled[1] / final_h)
+            problem = (
+                f"resized by {resize:.3g} ({scale}) it is {scaled[0]}x{scaled[1]}, smaller than "
+                f"the {final_w}x{final_h} network input, so {1 - covered:.0%} of the input is "
+                "black padding"
+            )
+        elif resize > 1:
+            problem = (
+                f"the {final_w}x{final_h} network input needs it upscaled by {resize:.3g} "
+                f"({scale}), which blurs it: the recipe takes {final_w}-wide crops of images "
+                f"{RECIPE_WIDTH_RATIO**-1:.3g}x as wide"
+            )
+        else:
             return
         self._warned_small_image = True
-        covered = min(1.0, scaled[0] / final_w) * min(1.0, scaled[1] / final_h)
         warnings.warn(
-            f"{channel} image of sample {token} is {width}x{height}: resized by {resize} "
-            f"({'the largest training scale' if self.train else 'the test scale'}) it is "
-            f"{scaled[0]}x{scaled[1]}, smaller than the {final_w}x{final_h} network input, so "
-            f"{1 - covered:.0%} of the input is black padding (the recipe's scales are for "
-            "nuScenes' 1600x900); resize the images or choose a smaller image_size",
+            f"{channel} image of sample {token} is {width}x{height}: {problem}; use larger "
+            "images or a smaller image_size",
             UserWarning,
             stacklevel=4,
         )

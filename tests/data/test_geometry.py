@@ -57,6 +57,18 @@ def test_test_time_augmentation_is_the_official_fixed_crop():
     np.testing.assert_allclose(matrix[:2, 3], [-32, -176])
 
 
+def test_other_sizes_keep_the_recipes_field_of_view():
+    """1600-wide images into a 176-wide input are resized as 400-wide ones into the same input
+    (the recipe's 704 / 1600 width ratio): whole views, not small bottom crops of them."""
+    for train in (False, True):
+        small = sample_image_aug(np.random.default_rng(2), (400, 225), (176, 64), train=train)
+        large = sample_image_aug(np.random.default_rng(2), (1600, 900), (176, 64), train=train)
+        assert small.resize == (0.48 if not train else small.resize)  # the recipe's own ratio
+        assert large.resize == pytest.approx(small.resize / 4)
+        assert large.crop[0] == pytest.approx(small.crop[0], abs=1)
+    assert sample_image_aug(np.random.default_rng(0), (1600, 900), train=False).resize == 0.48
+
+
 def test_training_augmentation_stays_in_the_official_ranges():
     rng = np.random.default_rng(1)
     augs = [sample_image_aug(rng, (1600, 900)) for _ in range(200)]

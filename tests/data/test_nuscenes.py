@@ -351,16 +351,16 @@ def test_images_smaller_than_the_input_warn_once_with_their_sizes(tmp_path):
         tmp_path, scenes=1, samples_per_scene=2, sweeps_per_sample=0, width=400, height=225,
         progress=False,
     )  # fmt: skip
-    data = dataset(root, train=False)
-    with pytest.warns(
-        UserWarning, match=r"is 400x225: .* 192x108, smaller than the 704x256"
-    ) as seen:
+    data = dataset(root, train=False)  # a 704 x 256 input from 400 x 225 images
+    with pytest.warns(UserWarning, match=r"is 400x225: the 704x256 .* upscaled by 1.92") as seen:
         data[0]
         data[1]
-    assert len([w for w in seen if "smaller than" in str(w.message)]) == 1
+    assert len([w for w in seen if "upscaled" in str(w.message)]) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        dataset(root, train=False, image_size=(176, 64))[0]  # fills a smaller input
+        dataset(root, train=False, image_size=(176, 64))[0]  # the recipe's field of view
+    with pytest.warns(UserWarning, match=r"is 400x225: .* 192x108, smaller than the 176x128"):
+        dataset(root, train=False, image_size=(176, 128))[0]  # taller than 16:9: padded
 
 
 def test_non_finite_points_in_a_file_name_the_file_and_sample(dataroot, tmp_path):
