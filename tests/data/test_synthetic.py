@@ -7,6 +7,8 @@ import inspect
 import itertools
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -515,3 +517,16 @@ def test_cli_rejects_bad_arguments_with_usage_error(tmp_path, capsys):
         main([str(tmp_path), "--scenes", "0", "--quiet"])
     assert exit_info.value.code == 2
     assert "scenes must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_module_entry_point_prints_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "geomim.data.synthetic", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m geomim.data.synthetic")
+    assert "--samples-per-scene" in result.stdout and "--quiet" in result.stdout
+    assert "found in sys.modules" not in result.stderr  # runpy: __main__ imported twice
