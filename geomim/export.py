@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from geomim.checkpoints import save_safetensors_atomic, write_atomic
 from geomim.deploy import ExportCheckError
 from geomim.hub import WEIGHTS_NAME
+from geomim.models import masked_encoder_kwargs
 from geomim.training.checkpointing import latest_checkpoint, read_model_weights, read_train_state
 from geomim.training.config import TrainConfig, dump_config, load_config
 from geomim.training.engine import CONFIG_FILE
@@ -41,7 +42,11 @@ ENCODER_PREFIX = "camera_branch.encoder."
 
 def encoder_kwargs(config: TrainConfig) -> dict[str, Any]:
     """The keyword arguments the pretrainer built its encoder with (besides the name)."""
-    return {"num_views": config.model.num_views, **config.model.encoder_kwargs}
+    return {
+        "num_views": config.model.num_views,
+        **masked_encoder_kwargs(config.model.encoder),
+        **config.model.encoder_kwargs,
+    }
 
 
 def load_run_encoder(

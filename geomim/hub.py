@@ -129,20 +129,28 @@ research. See MODEL_CARD.md in the geomim package for the training data, recipe 
 
 
 def _meta_model(variant: str) -> torch.nn.Module:
+    """`variant` without storage, built for every output (so with every trained output norm)."""
     known = sorted(ARCHITECTURES)
     if variant not in ARCHITECTURES:
         raise ValueError(f"unknown variant {variant!r}: expected one of {known}")
     with torch.device("meta"):
-        return timm.create_model(variant)
+        return timm.create_model(variant, out_indices=len(ARCHITECTURES[variant]["depths"]))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The command line; a failure prints its message and exits with status 2 (a traceback
+    too with --debug)."""
     parser = argparse.ArgumentParser(
         prog="python -m geomim.hub", description=__doc__.splitlines()[0]
     )
+    debug_help = "show the traceback of a failure"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    # after the command too; SUPPRESS keeps a subcommand from resetting the flag given before it
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser(
-        "convert", help="official or detector checkpoint -> Hub-ready folder"
+        "convert", help="official or detector checkpoint -> Hub-ready folder", parents=[debug]
     )
     convert.add_argument(
         "src",
@@ -151,14 +159,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     convert.add_argument("out_dir", help="folder for model.safetensors, config.json, README.md")
     convert.add_argument("--variant", required=True, choices=sorted(ARCHITECTURES))
-    push = commands.add_parser("push", help="upload a converted folder to the Hugging Face Hub")
+    push = commands.add_parser(
+        "push", help="upload a converted folder to the Hugging Face Hub", parents=[debug]
+    )
     push.add_argument("folder")
     push.add_argument("repo_id", help="e.g. your-org/geomim_base.nuscenes")
     push.add_argument("--revision")
     push.add_argument("--private", action="store_true")
     push.add_argument("--token", help="defaults to the token of `hf auth login`")
     args = parser.parse_args(argv)
+    try:
+        _run(args)
+    except (ValueError, OSError) as error:  # CheckpointError, missing files, the Hub's errors
+        if args.debug:
+            raise
+        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
 
+
+def _run(args: argparse.Namespace) -> None:
     if args.command == "convert":
         state_dict, split = convert_checkpoint(args.src, args.variant)
         print(split.summary())

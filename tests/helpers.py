@@ -23,7 +23,7 @@ def official_state_dict(keys_file: str, prefix: str = "", seed: int = 0) -> dict
             continue
         name, shape = re.fullmatch(r"(\S+) \(([\d, ]*)\)", line).groups()
         size = tuple(int(s) for s in shape.replace(" ", "").split(",") if s)
-        if name.endswith("relative_position_index"):
+        if name.endswith(("relative_position_index", "num_batches_tracked")):  # int64 buffers
             state_dict[prefix + name] = torch.zeros(size, dtype=torch.int64)
         else:
             state_dict[prefix + name] = torch.randn(size, generator=generator) * 0.02

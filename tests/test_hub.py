@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 import timm
 import torch
+from timm.models._features import FeatureGetterNet
 
 import geomim  # noqa: F401
 from geomim import hub
@@ -22,9 +26,15 @@ def official_pth(tmp_path, swin_fixture):
 
 
 def assert_official_outputs(model, swin_fixture):
+    """A features_only model, or one built with out_indices=(2, 3), gives the official outputs."""
     io = swin_fixture["io"]
     with torch.no_grad():
-        c4, c5 = model.eval().forward_intermediates(io["input_a"], (2, 3), intermediates_only=True)
+        if isinstance(model, FeatureGetterNet):
+            c4, c5 = model.eval()(io["input_a"])
+        else:
+            c4, c5 = model.eval().forward_intermediates(
+                io["input_a"], (2, 3), intermediates_only=True
+            )
     torch.testing.assert_close(c4, io["output_a_stage2"], atol=1e-5, rtol=0)
     torch.testing.assert_close(c5, io["output_a_stage3"], atol=1e-5, rtol=0)
 
@@ -47,6 +57,7 @@ def test_convert_cli_writes_a_hub_folder(tmp_path, swin_fixture, capsys):
     model = timm.create_model(
         "geomim_test",
         pretrained=True,
+        features_only=True,
         pretrained_cfg_overlay=dict(file=str(out / "model.safetensors")),
     )
     assert_official_outputs(model, swin_fixture)
@@ -56,6 +67,7 @@ def test_official_pth_loads_through_pretrained_cfg_overlay(tmp_path, swin_fixtur
     model = timm.create_model(
         "geomim_test",
         pretrained=True,
+        out_indices=(2, 3),
         pretrained_cfg_overlay=dict(file=str(official_pth(tmp_path, swin_fixture))),
     )
     assert_official_outputs(model, swin_fixture)
@@ -67,7 +79,8 @@ def test_pretrained_true_resolves_the_hf_cache(tmp_path, hf_cache, swin_fixture)
         hub.convert_official(swin_fixture["state_dict"], "geomim_test"), weights
     )
     populate_hf_cache(hf_cache, "geomim/geomim_test.random", {"model.safetensors": weights})
-    assert_official_outputs(timm.create_model("geomim_test", pretrained=True), swin_fixture)
+    model = timm.create_model("geomim_test", pretrained=True, out_indices=(2, 3))
+    assert_official_outputs(model, swin_fixture)
     features = timm.create_model("geomim_test", pretrained=True, features_only=True)
     assert [f.shape[1] for f in features(torch.randn(1, 3, 64, 64))] == [64, 128]
 
@@ -81,6 +94,7 @@ def test_hub_revisions_are_resolved(tmp_path, hf_cache, swin_fixture):
     model = timm.create_model(
         "geomim_test",
         pretrained=True,
+        features_only=True,
         pretrained_cfg_overlay=dict(hf_hub_id="geomim/geomim_test.random@v1"),
     )
     assert_official_outputs(model, swin_fixture)
@@ -93,7 +107,7 @@ def test_hf_hub_prefix_loads_a_converted_folder(tmp_path, hf_cache, swin_fixture
     )
     files = {name: folder / name for name in ("model.safetensors", "config.json")}
     populate_hf_cache(hf_cache, "someone/geomim-test", files)
-    model = timm.create_model("hf-hub:someone/geomim-test", pretrained=True)
+    model = timm.create_model("hf-hub:someone/geomim-test", pretrained=True, out_indices=(2, 3))
     assert_official_outputs(model, swin_fixture)
 
 
@@ -177,3 +191,67 @@ def test_push_creates_the_repo_and_uploads_the_folder(tmp_path, swin_fixture, mo
         ("create", "org/x", True, True),
         ("upload", "org/x", ["README.md", "config.json", "model.safetensors"], None),
     ]
+
+
+def test_integer_weights_in_a_file_are_refused_through_timm(tmp_path, swin_fixture):
+    converted = hub.convert_official(swin_fixture["state_dict"], "geomim_test")
+    converted["patch_embed.proj.weight"] = converted["patch_embed.proj.weight"].to(torch.int32)
+    path = tmp_path / "model.safetensors"
+    save_safetensors_atomic(converted, path)
+    with pytest.raises(CheckpointError, match=r"patch_embed\.proj\.weight: found torch\.int32"):
+        timm.create_model(
+            "geomim_test", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))
+        )
+
+
+def test_a_text_file_named_pth_is_a_clear_error_through_timm(tmp_path):
+    path = tmp_path / "geomim_test.pth"
+    path.write_text("Entry not found\n")
+    with pytest.raises(CheckpointError, match=r"geomim_test\.pth is a text file"):
+        timm.create_model(
+            "geomim_test", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))
+        )
+
+
+def test_convert_cli_failure_prints_the_message_and_exits_2(tmp_path, swin_fixture, capsys):
+    source = str(official_pth(tmp_path, swin_fixture))
+    out = str(tmp_path / "out")
+    with pytest.raises(SystemExit) as exit_info:
+        hub.main(["convert", source, out, "--variant", "geomim_large"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("python -m geomim.hub convert: error: checkpoint is for a Swin with")
+    assert "embed dim 16 (geomim_test)" in error and "embed dim 192 (geomim_large)" in error
+    assert "Traceback" not in error
+    assert not (tmp_path / "out").exists()
+    for argv in (["--debug", "convert"], ["convert", "--debug"]):
+        with pytest.raises(CheckpointError, match="pick the matching variant"):
+            hub.main([*argv, source, out, "--variant", "geomim_large"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["convert", "{tmp}/absent.pth", "{tmp}/out", "--variant", "geomim_test"], "no checkpoint"),
+        (["convert", "{tmp}/text.pth", "{tmp}/out", "--variant", "geomim_test"], "a text file"),
+        (["push", "{tmp}", "org/x"], r"lacks model\.safetensors"),
+    ],
+)
+def test_cli_errors_exit_2_with_the_message(tmp_path, capsys, argv, message):
+    (tmp_path / "text.pth").write_text("not weights\n")
+    with pytest.raises(SystemExit) as exit_info:
+        hub.main([arg.format(tmp=tmp_path) for arg in argv])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_convert_cli_of_the_wrong_variant_in_a_subprocess(tmp_path, swin_fixture):
+    """As a user runs it: the message on stderr, exit status 2, no traceback."""
+    source = official_pth(tmp_path, swin_fixture)
+    command = [sys.executable, "-m", "geomim.hub", "convert", str(source), str(tmp_path / "o")]
+    result = subprocess.run(
+        [*command, "--variant", "geomim_large"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2, result.stderr
+    assert "error: checkpoint is for a Swin with embed dim 16" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 import timm
+import torch
 from torch import Tensor, nn
 
 from geomim.models.swin import GeoMIMSwin
@@ -62,15 +63,15 @@ class GeoMIMBackbone(nn.Module):
         checkpoint = _checkpoint_from_init_cfg(init_cfg, checkpoint)
         if checkpoint is not None:
             model_kwargs["pretrained_cfg_overlay"] = dict(file=os.fspath(checkpoint))
+        if out_indices is None:
+            out_indices = _bev_outputs(model_name, model_kwargs)
         self.model = timm.create_model(
             model_name,
             pretrained=bool(pretrained) or checkpoint is not None,
             drop_path_rate=drop_path_rate,
+            out_indices=tuple(out_indices),
             **model_kwargs,
         )
-        if out_indices is None:
-            reductions = [info["reduction"] for info in self.model.feature_info]
-            out_indices = [reductions.index(16), reductions.index(32)]
         # Keep only what the requested outputs need (as timm's features_only does).
         self.out_indices = tuple(self.model.prune_intermediate_layers(out_indices))
         self.feature_info = [self.model.feature_info[i] for i in self.out_indices]
@@ -151,3 +152,14 @@ def _frozen_parts(model: nn.Module, frozen_stages: int, model_name: str) -> list
 
 def _parameters_of(part: nn.Module | nn.Parameter) -> list[nn.Parameter]:
     return [part] if isinstance(part, nn.Parameter) else list(part.parameters())
+
+
+def _bev_outputs(model_name: str, model_kwargs: dict) -> list[int]:
+    """The indices of the stride-16 and stride-32 outputs the BEV necks take, read from the
+    model's feature_info (built on the meta device: no memory, no weights)."""
+    kwargs = {k: v for k, v in model_kwargs.items() if k != "pretrained_cfg_overlay"}
+    with torch.device("meta"):
+        reductions = [
+            info["reduction"] for info in timm.create_model(model_name, **kwargs).feature_info
+        ]
+    return [reductions.index(16), reductions.index(32)]

@@ -93,7 +93,8 @@ def choose_backend(op: str, device: torch.device, requested: str | None = None) 
             f"backend 'triton' for {op} needs a CUDA device and Triton (got {device.type}); "
             "set TRITON_INTERPRET=1 to run Triton kernels on the CPU (slow, for testing)"
         )
-    _last[op] = name
+    if not torch.compiler.is_compiling():  # a traced call records nothing (no side effect)
+        _last[op] = name
     return name
 
 

@@ -1,5 +1,6 @@
 """Backbones registered with timm (importing this module registers them)."""
 
+from geomim.models import cva_vit, swin
 from geomim.models.cva_vit import GeoMIMViT, geomim_vit_base, geomim_vit_large, geomim_vit_small
 from geomim.models.swin import GeoMIMSwin, geomim_base, geomim_large, geomim_test
 from geomim.models.swin_convert import checkpoint_filter_fn, official_to_geomim
@@ -14,5 +15,18 @@ __all__ = [
     "geomim_vit_base",
     "geomim_vit_large",
     "geomim_vit_small",
+    "masked_encoder_kwargs",
     "official_to_geomim",
 ]
+
+
+def masked_encoder_kwargs(name: str) -> dict:
+    """What `timm.create_model(name, ...)` needs for an encoder of masked pretraining
+    (`forward_masked`): a GeoMIM Swin builds its stage 2 and 3 output norms; a CVA-ViT nothing
+    (its masked mode does not use the pyramid)."""
+    if name in swin.ARCHITECTURES:
+        return {"out_indices": swin.MASKED_STAGES}
+    if name in cva_vit.ARCHITECTURES:
+        return {}
+    known = sorted({*swin.ARCHITECTURES, *cva_vit.ARCHITECTURES})
+    raise ValueError(f"{name!r} is no GeoMIM encoder; expected one of {known}")

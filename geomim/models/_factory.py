@@ -1,15 +1,21 @@
-"""Building registered backbones through timm, with our weight loading and error messages."""
+"""Building registered backbones through timm, with our weight loading and error messages: the
+builder, the pretrained-cfg template, and the checks of constructor arguments."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from functools import partial
+from numbers import Integral, Real
 
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg
 from torch import Tensor, nn
 
 FilterFn = Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]]
+OutIndices = int | Sequence[int] | None
 
 
 def create_backbone(
@@ -23,17 +29,21 @@ def create_backbone(
 ) -> nn.Module:
     """timm's `build_model_with_cfg` with `features_only` through `forward_intermediates`.
 
+    `out_indices` also reaches the model, which builds only the outputs they need besides
+    forward's own (with `features_only`, `default_out_indices` unless given; without, none).
     A weight file given as `pretrained_cfg_overlay=dict(file=...)` goes through the model's
     `load_pretrained` (our reader: official mmcv checkpoints, clear errors for bad files); weights
     that cannot be found raise `FileNotFoundError` saying `how_to_get_weights`.
     """
-    out_indices = kwargs.pop("out_indices", default_out_indices)
+    out_indices = kwargs.pop("out_indices", None)
+    if kwargs.get("features_only") and out_indices is None:
+        out_indices = tuple(default_out_indices)
     overlay = kwargs.get("pretrained_cfg_overlay")
     if overlay and "file" in overlay:
         kwargs["pretrained_cfg_overlay"] = {"custom_load": True, **overlay}
     try:
         return build_model_with_cfg(
-            model_cls,
+            partial(model_cls, out_indices=out_indices),
             variant,
             pretrained,
             pretrained_filter_fn=filter_fn,
@@ -47,9 +57,99 @@ def create_backbone(
         ) from error
 
 
+def backbone_cfg(
+    input_size: tuple[int, int, int], feature_stride: int, min_side: int, **overrides
+) -> dict:
+    """timm's pretrained cfg of a GeoMIM backbone (as timm's `_cfg`, every field set): images of
+    `input_size`, `forward_features` maps at `feature_stride` (sides rounded up, hence
+    `pool_size`), any image of at least `min_side` pixels a side."""
+    _, height, width = input_size
+    cfg = dict(
+        hf_hub_filename="model.safetensors",
+        custom_load="hf",
+        num_classes=0,
+        input_size=input_size,
+        min_input_size=(input_size[0], min_side, min_side),
+        pool_size=(math.ceil(height / feature_stride), math.ceil(width / feature_stride)),
+        crop_pct=1.0,
+        crop_mode="center",
+        interpolation="bicubic",
+        fixed_input_size=False,
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        first_conv="patch_embed.proj",
+        classifier="head.fc",
+        paper_ids="arXiv:2303.11325",
+    )
+    cfg.update(overrides)
+    return cfg
+
+
 def init_linear_weights(module: nn.Module) -> None:
     """Truncated-normal (std 0.02) Linear weights and zero biases, as timm's transformers."""
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+# ------------------------------------------------------------------------- argument checks
+def check_int(name: str, value: object, low: int = 1, high: int | None = None) -> None:
+    """Raise `ValueError` unless `value` is an integer in [low, high] (no upper bound if None)."""
+    valid = f"[{low}, {high}]" if high is not None else f">= {low}"
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be an integer {valid}, got {value!r}")
+
+
+def check_ints(name: str, values: object, count: int | None = None, low: int = 1) -> None:
+    """Raise `ValueError` unless `values` is a sequence (of `count` entries) of integers >= low."""
+    if not isinstance(values, Sequence) or isinstance(values, str):
+        raise ValueError(f"{name} must be a sequence of integers, got {values!r}")
+    if count is not None and len(values) != count:
+        raise ValueError(f"{name} must have {count} entries, got {len(values)}: {list(values)}")
+    if not all(_is_int(v) and v >= low for v in values):
+        raise ValueError(f"{name} entries must be integers >= {low}, got {list(values)}")
+
+
+def check_real(name: str, value: object, low: float, high: float | None = None) -> None:
+    """Raise `ValueError` unless `value` is a number in [low, high] (if `high`) or > low."""
+    valid = f"in [{low}, {high}]" if high is not None else f"> {low}"
+    if (
+        not isinstance(value, Real)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or (value < low if high is not None else value <= low)
+        or (high is not None and value > high)
+    ):
+        raise ValueError(f"{name} must be a number {valid}, got {value!r}")
+
+
+def check_rate(name: str, value: object) -> None:
+    """Raise `ValueError` unless `value` is a probability: a number in [0, 1]."""
+    check_real(name, value, 0.0, 1.0)
+
+
+def check_indices(name: str, indices: OutIndices, count: int, what: str) -> list[int]:
+    """timm's output indices (the last n if an int, negatives from the end) as sorted indices
+    into `count` `what`s, or a `ValueError` naming `name`; None gives []."""
+    if indices is None:
+        return []
+    if _is_int(indices):
+        if not 1 <= indices <= count:
+            raise ValueError(
+                f"{name} as an int takes the last n {what}s: expected 1..{count}, got {indices}"
+            )
+        return list(range(count - indices, count))
+    if not isinstance(indices, Sequence) or not all(_is_int(i) for i in indices):
+        raise ValueError(f"{name} must be an int or a sequence of ints, got {indices!r}")
+    wrong = [i for i in indices if not -count <= i < count]
+    if wrong:
+        raise ValueError(
+            f"{name} {list(indices)} must index {what}s 0..{count - 1} (or -{count}..-1 from "
+            f"the end), got {wrong[0]}"
+        )
+    return sorted({i % count for i in indices})
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)

@@ -7,11 +7,11 @@ views apart. A simple feature pyramid (ViTDet) turns the stride-16 map into stri
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, LayerNorm2d, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -29,36 +29,48 @@ from geomim.layers import (
     unfold_views,
 )
 from geomim.models._base import MultiViewBackbone
-from geomim.models._factory import create_backbone, init_linear_weights
+from geomim.models._factory import (
+    OutIndices,
+    backbone_cfg,
+    check_indices,
+    check_int,
+    check_ints,
+    check_rate,
+    check_real,
+    create_backbone,
+    init_linear_weights,
+)
 
 
 class SimpleFeaturePyramid(nn.Module):
     """ViTDet's pyramid from one stride-16 map: x2 by a transposed conv, as is, /2 by max-pool
     (odd sides rounded up, as the Swin stages do); each level then Conv1x1 + LayerNorm2d +
-    Conv3x3 + LayerNorm2d to `out_channels`."""
+    Conv3x3 + LayerNorm2d to `out_channels`. Only the `levels` asked for are built."""
 
-    def __init__(self, dim: int, out_channels: int) -> None:
+    NUM_LEVELS = 3
+
+    def __init__(self, dim: int, out_channels: int, levels: Sequence[int] = (0, 1, 2)) -> None:
         super().__init__()
-        rescale = [
-            nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),
-            nn.Identity(),
-            nn.MaxPool2d(2, ceil_mode=True),
-        ]
-        widths = [dim // 2, dim, dim]
-        self.levels = nn.ModuleList(
-            nn.Sequential(
-                scale,
-                nn.Conv2d(width, out_channels, 1, bias=False),
-                LayerNorm2d(out_channels),
-                nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-                LayerNorm2d(out_channels),
-            )
-            for scale, width in zip(rescale, widths, strict=True)
-        )
+        self.levels = nn.ModuleDict({str(i): _pyramid_level(i, dim, out_channels) for i in levels})
 
     def forward(self, x: Tensor, indices: Sequence[int] = (0, 1, 2)) -> list[Tensor]:
         """(B, C, H, W) at stride 16 -> the selected levels (strides 8, 16, 32)."""
-        return [self.levels[i](x) for i in indices]
+        return [self.levels[str(i)](x) for i in indices]
+
+
+def _pyramid_level(index: int, dim: int, out_channels: int) -> nn.Sequential:
+    """Level `index` of the pyramid: the rescaling (x2, x1, /2), then the two conv + norm."""
+    if index == 0:
+        rescale, width = nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), dim // 2
+    else:
+        rescale, width = (nn.Identity() if index == 1 else nn.MaxPool2d(2, ceil_mode=True)), dim
+    return nn.Sequential(
+        rescale,
+        nn.Conv2d(width, out_channels, 1, bias=False),
+        LayerNorm2d(out_channels),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        LayerNorm2d(out_channels),
+    )
 
 
 class GeoMIMViT(MultiViewBackbone):
@@ -86,12 +98,29 @@ class GeoMIMViT(MultiViewBackbone):
         pyramid_channels: int | None = None,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        out_indices: OutIndices = None,
     ) -> None:
+        """`out_indices`: the pyramid levels `forward_intermediates` (and so `features_only`)
+        may return; only those are built. None: no pyramid, only what `forward` uses, so that
+        every parameter gets a gradient."""
         super().__init__()
+        _check_architecture(embed_dim, depth, num_heads, patch_size)
+        check_int("in_chans", in_chans)
+        check_int("num_classes", num_classes, 0)
+        check_real("mlp_ratio", mlp_ratio, 0.0)
+        check_ints("pos_embed_grid", pos_embed_grid, count=2)
+        check_int("num_views", num_views)
+        check_rate("drop_rate", drop_rate)
+        check_rate("drop_path_rate", drop_path_rate)
+        if pyramid_channels is not None:
+            check_int("pyramid_channels", pyramid_channels)
         if cva_blocks is None:  # after every quarter of the depth
             cva_blocks = [depth * quarter // 4 - 1 for quarter in range(1, 5)]
-        if any(not 0 <= i < depth for i in cva_blocks):
-            raise ValueError(f"cva_blocks {list(cva_blocks)} must index blocks 0..{depth - 1}")
+            cva_blocks = sorted({i for i in cva_blocks if i >= 0})
+        cva_blocks = check_indices("cva_blocks", cva_blocks, depth, "block")
+        levels = check_indices(
+            "out_indices", out_indices, SimpleFeaturePyramid.NUM_LEVELS, "pyramid level"
+        )
         self.in_chans = in_chans
         self.num_views = num_views
         self.num_classes = num_classes
@@ -117,7 +146,7 @@ class GeoMIMViT(MultiViewBackbone):
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         pyramid_channels = pyramid_channels or embed_dim
-        self.pyramid = SimpleFeaturePyramid(embed_dim, pyramid_channels)
+        self.pyramid = SimpleFeaturePyramid(embed_dim, pyramid_channels, levels)
         self.feature_info = [
             dict(num_chs=pyramid_channels, reduction=stride, module=f"pyramid.levels.{i}")
             for i, stride in enumerate((patch_size // 2, patch_size, patch_size * 2))
@@ -251,7 +280,16 @@ class GeoMIMViT(MultiViewBackbone):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"expected output_fmt 'NCHW', got {output_fmt!r}")
-        take_indices, _ = feature_take_indices(len(self.pyramid.levels), indices)
+        take_indices, _ = feature_take_indices(SimpleFeaturePyramid.NUM_LEVELS, indices)
+        missing = [i for i in take_indices if str(i) not in self.pyramid.levels]
+        if missing:
+            built = sorted(int(key) for key in self.pyramid.levels)
+            raise ValueError(
+                f"forward_intermediates: pyramid level {missing[0]} is not part of this model "
+                f"(built with levels {built}): create it with out_indices including "
+                f"{missing[0]}, e.g. timm.create_model(name, out_indices=(0, 1, 2)), or with "
+                "features_only=True"
+            )
         final, num_views = self.encode(x)
         levels = [unfold_views(level, num_views) for level in self.pyramid(final, take_indices)]
         if intermediates_only:
@@ -264,8 +302,11 @@ class GeoMIMViT(MultiViewBackbone):
         prune_norm: bool = False,
         prune_head: bool = True,
     ) -> list[int]:
-        """Keep every block (each level needs the last); drop the head if asked."""
-        take_indices, _ = feature_take_indices(len(self.pyramid.levels), indices)
+        """Keep every block (each level needs the last); drop the pyramid levels not asked for,
+        and the head if asked."""
+        take_indices, _ = feature_take_indices(SimpleFeaturePyramid.NUM_LEVELS, indices)
+        for key in [k for k in self.pyramid.levels if int(k) not in take_indices]:
+            del self.pyramid.levels[key]
         if prune_head:
             self.reset_classifier(0, "")
         return take_indices
@@ -276,11 +317,43 @@ class GeoMIMViT(MultiViewBackbone):
         return unfold_views(final, num_views)
 
 
+# The pyramid's keys: its levels are built per out_indices, and pretraining trains none.
+PYRAMID_KEYS = re.compile(r"^pyramid\.")
+
+
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """A CVA-ViT state dict (optionally under `module.`) fitted to `model`, position embedding
-    resized to the model's grid; missing or unexpected keys are an error that lists them."""
+    resized to the model's grid; missing or unexpected keys are an error that lists them.
+
+    Pyramid levels are built per `out_indices`: those of the checkpoint the model lacks are
+    dropped, and levels the checkpoint lacks (an encoder from pretraining) keep their fresh
+    initialisation; both are logged."""
     state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    return fit_to_model(state_dict, model, "CVA-ViT", resize=_resize_pos_embed)
+    return fit_to_model(
+        state_dict,
+        model,
+        "CVA-ViT",
+        resize=_resize_pos_embed,
+        optional=PYRAMID_KEYS,
+        fresh=PYRAMID_KEYS,
+    )
+
+
+def _check_architecture(embed_dim: int, depth: int, num_heads: int, patch_size: int) -> None:
+    """Raise `ValueError` naming the argument unless the encoder's sizes fit together."""
+    check_int("embed_dim", embed_dim, 2)  # the pyramid's x2 level has embed_dim // 2 channels
+    check_int("depth", depth)
+    check_int("num_heads", num_heads)
+    if embed_dim % num_heads:
+        raise ValueError(
+            f"embed_dim {embed_dim} must be divisible by num_heads, got num_heads {num_heads}"
+        )
+    check_int("patch_size", patch_size, 2)
+    if patch_size % 2:
+        raise ValueError(
+            f"patch_size must be even (the pyramid's finest level is at stride patch_size / 2), "
+            f"got {patch_size}"
+        )
 
 
 def _resize_pos_embed(key: str, value: Tensor, expected: Tensor) -> Tensor:
@@ -305,22 +378,13 @@ WEIGHTS_HELP = (
 
 default_cfgs = generate_default_cfgs(
     {
-        f"{variant}.nuscenes": dict(
+        f"{variant}.nuscenes": backbone_cfg(
+            (3, 256, 704),
+            feature_stride=16,  # forward_features: the stride-16 map
+            min_side=16,
             hf_hub_id=f"geomim/{variant}.nuscenes",
-            hf_hub_filename="model.safetensors",
-            custom_load="hf",
-            num_classes=0,
-            input_size=(3, 256, 704),
-            pool_size=None,
-            crop_pct=1.0,
-            interpolation="bicubic",
-            fixed_input_size=False,
-            mean=IMAGENET_DEFAULT_MEAN,
-            std=IMAGENET_DEFAULT_STD,
-            first_conv="patch_embed.proj",
-            classifier="head.fc",
-            paper_ids="arXiv:2303.11325",
             license="apache-2.0",
+            notes=("input: whole rigs of num_views images, (B, N, 3, H, W) or (B*N, 3, H, W)",),
         )
         for variant in ARCHITECTURES
     }

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -30,8 +29,21 @@ from geomim.layers import (
     unfold_views,
 )
 from geomim.models._base import MultiViewBackbone
-from geomim.models._factory import create_backbone, init_linear_weights
+from geomim.models._factory import (
+    OutIndices,
+    backbone_cfg,
+    check_indices,
+    check_int,
+    check_ints,
+    check_rate,
+    check_real,
+    create_backbone,
+    init_linear_weights,
+)
 from geomim.models.swin_convert import checkpoint_filter_fn
+
+# The stages `forward_masked` returns (strides 16 and 32), as the official pretraining encoder.
+MASKED_STAGES = (2, 3)
 
 
 class SwinStage(nn.Module):
@@ -115,16 +127,27 @@ class GeoMIMSwin(MultiViewBackbone):
         cva_stages: Sequence[int] = (),
         cva_every: int | None = None,
         num_views: int = 6,
+        out_indices: OutIndices = None,
     ) -> None:
+        """`out_indices`: the stages whose maps `forward_intermediates` (and so `features_only`
+        and `forward_masked`, which needs 2 and 3) may return besides the last; the output norms
+        of those among `normed_stages` are built (as the official model builds them for its
+        out_indices). None: only what `forward` uses, so that every parameter gets a gradient."""
         super().__init__()
-        if not len(depths) == len(num_heads) == len(window_sizes):
-            raise ValueError(
-                f"depths {depths}, num_heads {num_heads} and window_sizes {window_sizes} "
-                "must have one entry per stage"
-            )
-        num_stages = len(depths)
-        if any(not 0 <= stage < num_stages for stage in cva_stages):
-            raise ValueError(f"cva_stages {list(cva_stages)} must index stages 0..{num_stages - 1}")
+        num_stages = _check_architecture(embed_dim, depths, num_heads, window_sizes)
+        check_int("in_chans", in_chans)
+        check_int("num_classes", num_classes, 0)
+        check_real("mlp_ratio", mlp_ratio, 0.0)
+        check_int("patch_size", patch_size)
+        check_ints("pos_embed_grid", pos_embed_grid, count=2)
+        check_rate("drop_rate", drop_rate)
+        check_rate("drop_path_rate", drop_path_rate)
+        check_int("num_views", num_views)
+        if cva_every is not None:
+            check_int("cva_every", cva_every)
+        normed_stages = check_indices("normed_stages", normed_stages, num_stages, "stage")
+        cva_stages = check_indices("cva_stages", cva_stages, num_stages, "stage")
+        outputs = {*check_indices("out_indices", out_indices, num_stages, "stage"), num_stages - 1}
         dims = [embed_dim * 2**i for i in range(num_stages)]
         self.in_chans = in_chans
         self.num_views = num_views
@@ -133,6 +156,7 @@ class GeoMIMSwin(MultiViewBackbone):
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = dims[-1]
         self.output_fmt = "NCHW"
+        self.normed_stages = tuple(normed_stages)
 
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
         self.absolute_pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *pos_embed_grid))
@@ -157,7 +181,9 @@ class GeoMIMSwin(MultiViewBackbone):
             self.feature_info.append(
                 dict(num_chs=dims[i], reduction=patch_size * 2**i, module=f"stages.{i}")
             )
-        self.stage_norms = nn.ModuleDict({str(i): nn.LayerNorm(dims[i]) for i in normed_stages})
+        self.stage_norms = nn.ModuleDict(
+            {str(i): nn.LayerNorm(dims[i]) for i in normed_stages if i in outputs}
+        )
         self.head = ClassifierHead(dims[-1], num_classes, global_pool, drop_rate=drop_rate)
         trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.apply(init_linear_weights)
@@ -222,9 +248,21 @@ class GeoMIMSwin(MultiViewBackbone):
 
     def stage_output(self, index: int, x: Tensor) -> Tensor:
         """Stage `index`'s (B, H, W, C) tokens as the (B, C, H, W) map the backbone returns."""
-        if str(index) in self.stage_norms:
+        if index in self.normed_stages:
             x = self.stage_norms[str(index)](x)
         return x.permute(0, 3, 1, 2).contiguous()
+
+    def check_outputs(self, indices: Sequence[int], caller: str) -> None:
+        """Raise unless every stage in `indices` that has an output norm was built with it."""
+        missing = [i for i in indices if i in self.normed_stages and str(i) not in self.stage_norms]
+        if missing:
+            built = sorted(int(key) for key in self.stage_norms)
+            raise ValueError(
+                f"{caller}: the output norm of stage {missing[0]} is not part of this model "
+                f"(built for the normalised outputs {built}): create it with out_indices "
+                f"including {missing[0]}, e.g. timm.create_model(name, out_indices=(2, 3)), "
+                "or with features_only=True"
+            )
 
     def forward_intermediates(
         self,
@@ -243,9 +281,10 @@ class GeoMIMSwin(MultiViewBackbone):
         if output_fmt != "NCHW":
             raise ValueError(f"expected output_fmt 'NCHW', got {output_fmt!r}")
         images, num_views = self._fold(x)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        taken, max_index = feature_take_indices(len(self.stages), indices)
         last = max_index if stop_early else len(self.stages) - 1
-        final, intermediates = self._run_stages(images, num_views, take_indices, last)
+        self.check_outputs([*taken, last], "forward_intermediates")
+        final, intermediates = self._run_stages(images, num_views, taken, last)
         if intermediates_only:
             return intermediates
         return final, intermediates
@@ -268,9 +307,10 @@ class GeoMIMSwin(MultiViewBackbone):
             raise ValueError(
                 "cross-view blocks would mix the mask groups: build without cva_stages"
             )
+        self.check_outputs(MASKED_STAGES, "forward_masked")
         images, num_views = self._fold(images)
         check_group_masks(group_masks, images.shape[0], images.shape[-2:])
-        _, outputs = self._run_stages(images, num_views, [2, 3], 3, group_masks)
+        _, outputs = self._run_stages(images, num_views, MASKED_STAGES, 3, group_masks)
         return outputs
 
     def _run_stages(
@@ -291,6 +331,8 @@ class GeoMIMSwin(MultiViewBackbone):
                 intermediates.append(unfold_views(self.stage_output(i, x), num_views))
             if i < last and stage.downsample is not None:
                 x = stage.downsample(x)
+        if last in take_indices:
+            return intermediates[-1], intermediates
         return unfold_views(self.stage_output(last, x), num_views), intermediates
 
     def prune_intermediate_layers(
@@ -299,11 +341,11 @@ class GeoMIMSwin(MultiViewBackbone):
         prune_norm: bool = False,
         prune_head: bool = True,
     ) -> list[int]:
-        """Drop the stages (and head) that the requested outputs do not need."""
+        """Drop the stages, output norms (and head) that the requested outputs do not need."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[: max_index + 1]
         self.stages[-1].downsample = None
-        for key in [k for k in self.stage_norms if int(k) > max_index]:
+        for key in [k for k in self.stage_norms if int(k) not in take_indices]:
             del self.stage_norms[key]
         if prune_head:
             self.reset_classifier(0, "")
@@ -311,9 +353,32 @@ class GeoMIMSwin(MultiViewBackbone):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Last stage's normalised map: (B*N, 8C, H/32, W/32), or (B, N, ...) for 5D input."""
+        self.check_outputs([len(self.stages) - 1], "forward_features")
         images, num_views = self._fold(x)
         final, _ = self._run_stages(images, num_views, [], len(self.stages) - 1)
         return final
+
+
+def _check_architecture(
+    embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], window_sizes: Sequence[int]
+) -> int:
+    """Raise `ValueError` naming the argument unless the stages fit together; the stage count."""
+    check_int("embed_dim", embed_dim)
+    check_ints("depths", depths)
+    check_ints("num_heads", num_heads)
+    check_ints("window_sizes", window_sizes)
+    if not 1 <= len(depths) == len(num_heads) == len(window_sizes):
+        raise ValueError(
+            f"depths {list(depths)}, num_heads {list(num_heads)} and window_sizes "
+            f"{list(window_sizes)} must have one entry per stage (at least one stage)"
+        )
+    for i, heads in enumerate(num_heads):
+        if (embed_dim * 2**i) % heads:
+            raise ValueError(
+                f"stage {i} is embed_dim * 2**{i} = {embed_dim * 2**i} wide, which num_heads[{i}] "
+                f"= {heads} does not divide: pick embed_dim or num_heads so that it does"
+            )
+    return len(depths)
 
 
 def _cva_positions(depth: int, every: int | None) -> list[int]:
@@ -332,29 +397,16 @@ ARCHITECTURES: dict[str, dict] = {
 }
 
 
-def _cfg(variant: str, tag: str, **overrides) -> dict:
-    cfg = dict(
+def _cfg(variant: str, tag: str, input_size: tuple[int, int, int] = (3, 256, 704), **overrides):
+    """Swin features leave at stride 32; any image of one 4 x 4 patch or more is accepted."""
+    official = dict(
         hf_hub_id=f"{HF_HUB_ORG}/{variant}.{tag}",
-        hf_hub_filename="model.safetensors",
-        custom_load="hf",
-        num_classes=0,
-        input_size=(3, 256, 704),
-        pool_size=None,
-        crop_pct=1.0,
-        interpolation="bicubic",
-        fixed_input_size=False,
-        mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD,
-        first_conv="patch_embed.proj",
-        classifier="head.fc",
-        paper_ids="arXiv:2303.11325",
         paper_name="GeoMIM: Towards Better 3D Knowledge Transfer via Masked Image Modeling "
         "for Multi-view 3D Understanding",
         origin_url="https://github.com/Sense-X/GeoMIM",
         license="unspecified (the official repository declares no licence)",
     )
-    cfg.update(overrides)
-    return cfg
+    return backbone_cfg(input_size, feature_stride=32, min_side=4, **{**official, **overrides})
 
 
 default_cfgs = generate_default_cfgs(

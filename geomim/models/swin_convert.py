@@ -28,6 +28,8 @@ ADAPTER_PREFIX = "model."
 PRETRAIN_DECODER_KEYS = re.compile(
     r"^(mask_token|decoder_\w+|up_p4_fc|up_smooth_p4|final_norm|cam_pose)(\.|$)"
 )
+# The output norms, built per out_indices (the official model builds them for its out_indices).
+STAGE_NORM_KEYS = re.compile(r"^stage_norms\.")
 # Official name -> our name. Each rule leaves already-converted names untouched.
 OFFICIAL_RENAMES = (
     (re.compile(r"^patch_embed\.projection\."), "patch_embed.proj."),
@@ -121,10 +123,19 @@ def official_to_geomim(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Convert an official or geomim state dict to exactly `model`'s keys and shapes, or raise."""
+    """Convert an official or geomim state dict to exactly `model`'s keys and shapes, or raise.
+
+    The output norms a model builds depend on its `out_indices` (a classifier has only the last
+    stage's): the checkpoint's norms of other stages are dropped (and logged)."""
     converted = official_to_geomim(state_dict)
     _check_variant(converted, model.state_dict())
-    return fit_to_model(converted, model, "GeoMIM Swin backbone", resize=_resize_relative_table)
+    return fit_to_model(
+        converted,
+        model,
+        "GeoMIM Swin backbone",
+        resize=_resize_relative_table,
+        optional=STAGE_NORM_KEYS,
+    )
 
 
 def _strip(key: str, prefix: str) -> str:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from geomim.data.batch import MultiViewBatch
+from geomim.models import masked_encoder_kwargs
 from geomim.pretrain.camera_branch import CameraBranch
 from geomim.pretrain.decoder import DecoderConfig
 from geomim.pretrain.losses import (
@@ -75,7 +76,12 @@ class GeoMIMPretrainer(nn.Module):
         super().__init__()
         self.config = config
         encoder = timm.create_model(
-            config.encoder, **{"num_views": config.num_views, **config.encoder_kwargs}
+            config.encoder,
+            **{
+                "num_views": config.num_views,
+                **masked_encoder_kwargs(config.encoder),
+                **config.encoder_kwargs,
+            },
         )
         encoder.set_grad_checkpointing(config.grad_checkpointing)
         self.camera_branch = CameraBranch(encoder, config.num_views, config.decoder)

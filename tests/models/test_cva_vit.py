@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import timm
 import torch
@@ -13,12 +15,14 @@ from geomim.checkpoints import CheckpointError, save_safetensors_atomic
 from geomim.models import GeoMIMViT
 from geomim.pretrain.masking import complementary_masks
 
+TINY = dict(embed_dim=64, depth=4, num_heads=4, cva_blocks=(0, 3), num_views=3)
+
 
 def tiny_vit(**kwargs) -> GeoMIMViT:
-    """The family's code path at a test size: 64 wide, 4 blocks, CVA after blocks 0 and 3."""
+    """The family's code path at a test size: 64 wide, 4 blocks, CVA after blocks 0 and 3, every
+    pyramid level built."""
     torch.manual_seed(0)
-    args = dict(embed_dim=64, depth=4, num_heads=4, cva_blocks=(0, 3), num_views=3)
-    return GeoMIMViT(**{**args, **kwargs}).eval()
+    return GeoMIMViT(**{**TINY, "out_indices": (0, 1, 2), **kwargs}).eval()
 
 
 @pytest.mark.parametrize(
@@ -56,7 +60,7 @@ def test_safetensors_round_trip_reproduces_outputs_exactly(tmp_path):
     path = tmp_path / "model.safetensors"
     save_safetensors_atomic(model.state_dict(), path)
     torch.manual_seed(1)  # different random weights, all replaced by the load
-    loaded = GeoMIMViT(embed_dim=64, depth=4, num_heads=4, cva_blocks=(0, 3), num_views=3).eval()
+    loaded = GeoMIMViT(**TINY, out_indices=(0, 1, 2)).eval()
     loaded.load_pretrained(str(path))
     with torch.no_grad():
         expected = model.forward_intermediates(images, intermediates_only=True)
@@ -218,3 +222,53 @@ def test_masked_mode_hides_each_groups_pixels_from_the_other(count):
 def test_masked_mode_needs_sides_in_whole_mask_cells():
     with pytest.raises(ValueError, match="multiples of 32, got 48x96"):
         tiny_vit().forward_masked(torch.randn(3, 3, 48, 96), torch.zeros(2, 2, 3))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_views=0), r"num_views must be an integer >= 1, got 0"),
+        (dict(drop_path_rate=1.01), r"drop_path_rate must be a number in \[0.0, 1.0\], got 1.01"),
+        (dict(drop_rate=-1.0), r"drop_rate must be a number in \[0.0, 1.0\], got -1.0"),
+        (dict(embed_dim=66), r"embed_dim 66 must be divisible by num_heads, got num_heads 4"),
+        (dict(depth=0), r"depth must be an integer >= 1, got 0"),
+        (dict(num_heads=0), r"num_heads must be an integer >= 1, got 0"),
+        (dict(patch_size=15), r"patch_size must be even .* got 15"),
+        (dict(pyramid_channels=0), r"pyramid_channels must be an integer >= 1, got 0"),
+        (dict(mlp_ratio=-2.0), r"mlp_ratio must be a number > 0.0, got -2.0"),
+        (dict(pos_embed_grid=(0, 44)), r"pos_embed_grid entries must be integers >= 1"),
+        (dict(out_indices=(3,)), r"out_indices \[3\] must index pyramid levels 0..2"),
+        (dict(cva_blocks=(0, 9)), r"cva_blocks \[0, 9\] must index blocks 0..3"),
+    ],
+)
+def test_constructor_arguments_out_of_range_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GeoMIMViT(**{**TINY, **kwargs})
+
+
+def test_a_classifier_has_no_pyramid_and_a_feature_model_the_levels_asked_for():
+    assert list(tiny_vit(out_indices=None).pyramid.levels) == []
+    features = timm.create_model("geomim_vit_small", features_only=True, out_indices=(0, 2))
+    assert list(features.model.pyramid.levels) == ["0", "2"]
+    assert features.feature_info.reduction() == [8, 32]
+
+
+def test_pyramid_levels_load_when_present_and_stay_fresh_when_absent(tmp_path, caplog):
+    encoder = tiny_vit(out_indices=None)  # what pretraining trains: no pyramid
+    path = tmp_path / "encoder.safetensors"
+    save_safetensors_atomic(encoder.state_dict(), path)
+    features = tiny_vit(out_indices=(1,))
+    fresh = {k: v.clone() for k, v in features.state_dict().items() if k.startswith("pyramid.")}
+    with caplog.at_level(logging.INFO, logger="geomim.checkpoints"):
+        features.load_pretrained(str(path))
+    assert "keeping the model's initialisation for" in caplog.text
+    for key, value in fresh.items():
+        torch.testing.assert_close(features.state_dict()[key], value, atol=0, rtol=0)
+    torch.testing.assert_close(features.pos_embed, encoder.pos_embed, atol=0, rtol=0)
+
+    save_safetensors_atomic(tiny_vit().state_dict(), path)  # every level
+    classifier = tiny_vit(out_indices=None, num_classes=4)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="geomim.checkpoints"):
+        classifier.load_pretrained(str(path))
+    assert "dropped" in caplog.text and "pyramid.levels.0" in caplog.text

@@ -8,12 +8,15 @@ import torch
 
 import geomim  # noqa: F401  (registers the models)
 from geomim.kernels import last_backend
-from geomim.models import GeoMIMSwin, checkpoint_filter_fn
+from geomim.models import GeoMIMSwin, checkpoint_filter_fn, masked_encoder_kwargs
 from tests.helpers import official_state_dict
+
+ALL_STAGES = (0, 1, 2, 3)
 
 
 def official_test_model(swin_fixture, **kwargs) -> GeoMIMSwin:
-    model = timm.create_model("geomim_test", **kwargs).eval()
+    """geomim_test with the official fixture's weights, built to return every stage."""
+    model = timm.create_model("geomim_test", out_indices=ALL_STAGES, **kwargs).eval()
     model.load_state_dict(checkpoint_filter_fn(swin_fixture["state_dict"], model))
     return model
 
@@ -51,7 +54,7 @@ def test_features_only_returns_official_outputs(swin_fixture):
 
 def test_fast_path_matches_reference_on_full_size_base():
     """geomim_base with an official-format checkpoint on 6x3x256x704: fast path == reference."""
-    model = timm.create_model("geomim_base").eval()
+    model = timm.create_model("geomim_base", out_indices=(2, 3)).eval()
     official = official_state_dict("official-keys-geomim_base.txt", seed=1)
     model.load_state_dict(checkpoint_filter_fn(official, model))
     images = torch.randn(6, 3, 256, 704, generator=torch.Generator().manual_seed(0))
@@ -79,7 +82,7 @@ def test_variants_are_listed_with_hub_weights():
 )
 def test_parameter_count_and_channels_match_official(variant, parameters, channels):
     with torch.device("meta"):
-        model = timm.create_model(variant)
+        model = timm.create_model(variant, out_indices=(2, 3))  # the official outputs
     assert sum(p.numel() for p in model.parameters()) == parameters
     assert [info["num_chs"] for info in model.feature_info[2:]] == channels
     assert [info["reduction"] for info in model.feature_info] == [4, 8, 16, 32]
@@ -151,7 +154,7 @@ def test_classifier_head_trains_and_resets():
 
 def test_grad_checkpointing_gives_same_outputs_and_gradients():
     torch.manual_seed(0)
-    model = timm.create_model("geomim_test")
+    model = timm.create_model("geomim_test", out_indices=ALL_STAGES)
     images = torch.randn(2, 3, 64, 64)
 
     def loss_and_grads():
@@ -200,7 +203,7 @@ def test_bf16_autocast_stays_close_to_fp32(swin_fixture):
     ],
 )
 def test_bad_input_names_what_was_expected(images, message):
-    model = timm.create_model("geomim_test")
+    model = timm.create_model("geomim_test", out_indices=ALL_STAGES)
     with pytest.raises(ValueError, match=message):
         model(images)
     with pytest.raises(ValueError, match=message):
@@ -255,3 +258,64 @@ def test_group_matcher_puts_every_parameter_in_a_layer_group(variant):
     grouped = [name for names in groups.values() for name in names]
     assert sorted(grouped) == sorted(name for name, _ in model.named_parameters())
     assert len(groups) > 3  # stem, blocks in order, and the rest
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(drop_path_rate=1.5), r"drop_path_rate must be a number in \[0.0, 1.0\], got 1.5"),
+        (dict(drop_path_rate=-0.1), r"drop_path_rate must be a number in \[0.0, 1.0\], got -0.1"),
+        (dict(drop_rate=2), r"drop_rate must be a number in \[0.0, 1.0\], got 2"),
+        (dict(window_sizes=(16, 0, 16, 8)), r"window_sizes entries must be integers >= 1, got \["),
+        (dict(depths=(2, 2, 2)), r"depths \[2, 2, 2\], num_heads .* one entry per stage"),
+        (dict(num_heads=(3, 2, 4, 8)), r"stage 0 is embed_dim \* 2\*\*0 = 16 wide.*num_heads\[0\]"),
+        (dict(embed_dim=0), r"embed_dim must be an integer >= 1, got 0"),
+        (dict(mlp_ratio=0), r"mlp_ratio must be a number > 0.0, got 0"),
+        (dict(patch_size=0), r"patch_size must be an integer >= 1, got 0"),
+        (dict(pos_embed_grid=(56,)), r"pos_embed_grid must have 2 entries, got 1"),
+        (dict(num_views=0), r"num_views must be an integer >= 1, got 0"),
+        (dict(cva_every=0), r"cva_every must be an integer >= 1, got 0"),
+        (dict(in_chans=0), r"in_chans must be an integer >= 1, got 0"),
+        (dict(num_classes=-1), r"num_classes must be an integer >= 0, got -1"),
+        (dict(normed_stages=(5,)), r"normed_stages \[5\] must index stages 0..3"),
+        (dict(out_indices=(4,)), r"out_indices \[4\] must index stages 0..3 .* got 4"),
+        (dict(out_indices=5), r"out_indices as an int takes the last n stages: expected 1..4"),
+    ],
+)
+def test_constructor_arguments_out_of_range_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        timm.create_model("geomim_test", **kwargs)
+
+
+def test_features_only_out_indices_out_of_range_are_named():
+    with pytest.raises(ValueError, match=r"out_indices \[1, 4\] must index stages 0..3"):
+        timm.create_model("geomim_test", features_only=True, out_indices=(1, 4))
+
+
+def test_a_classifier_builds_only_the_output_norm_forward_uses():
+    model = timm.create_model("geomim_test", num_classes=3)
+    assert list(model.stage_norms) == ["3"]
+    with pytest.raises(
+        ValueError, match=r"forward_masked: the output norm of stage 2 .*out_indices"
+    ):
+        model.forward_masked(torch.randn(1, 3, 64, 64), torch.zeros(2, 2, 2))
+
+
+@pytest.mark.parametrize("out_indices, norms", [(None, ["2", "3"]), ((3,), ["3"]), ((1,), [])])
+def test_a_feature_model_keeps_the_output_norms_of_its_outputs(out_indices, norms):
+    kwargs = {} if out_indices is None else dict(out_indices=out_indices)
+    features = timm.create_model("geomim_test", features_only=True, **kwargs)
+    assert list(features.model.stage_norms) == norms
+
+
+@pytest.mark.parametrize("name", ["geomim_test", "geomim_vit_small"])
+def test_masked_encoder_kwargs_build_what_forward_masked_uses(name):
+    encoder = timm.create_model(name, num_views=2, **masked_encoder_kwargs(name)).train()
+    masks = torch.zeros(2, 2, 2)
+    masks[1] = 1 - masks[0].fill_(1).tril_()
+    c4, c5 = encoder.forward_masked(torch.randn(2, 3, 64, 64), masks)
+    (c4.mean() + c5.mean()).backward()
+    unused = [n for n, p in encoder.named_parameters() if p.grad is None]
+    assert not unused, f"parameters forward_masked does not use: {unused}"
+    with pytest.raises(ValueError, match=r"'resnet50' is no GeoMIM encoder"):
+        masked_encoder_kwargs("resnet50")

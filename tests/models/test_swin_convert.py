@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import timm
 import torch
@@ -12,15 +14,15 @@ from geomim.models import checkpoint_filter_fn, official_to_geomim
 from tests.helpers import official_state_dict
 
 
-def meta_model(variant: str) -> torch.nn.Module:
+def meta_model(variant: str, **kwargs) -> torch.nn.Module:
     with torch.device("meta"):
-        return timm.create_model(variant)
+        return timm.create_model(variant, **kwargs)
 
 
 @pytest.mark.parametrize("variant", ["geomim_base", "geomim_large"])
 def test_released_checkpoint_converts_key_for_key(variant):
     official = official_state_dict(f"official-keys-{variant}.txt")
-    model = meta_model(variant)
+    model = meta_model(variant, out_indices=(2, 3))  # the official outputs
     converted = checkpoint_filter_fn(official, model)
     expected = model.state_dict()
     assert converted.keys() == expected.keys()  # zero missing, zero unexpected
@@ -39,7 +41,7 @@ def test_pretraining_checkpoint_drops_decoder_and_other_branches(variant, size):
         "encoders.lidar.backbone.conv_input.0.weight": torch.zeros(3, 3, 3, 5, 16),
         "heads.object.shared_conv.weight": torch.zeros(8, 8, 3, 3),
     }
-    converted = checkpoint_filter_fn(checkpoint, meta_model(variant))
+    converted = checkpoint_filter_fn(checkpoint, meta_model(variant, out_indices=(2, 3)))
     released = official_state_dict(f"official-keys-{variant}.txt", seed=0)
     assert converted.keys() == official_to_geomim(released).keys()
     # the encoder tensors are carried over unchanged
@@ -132,8 +134,33 @@ def test_classifier_head_is_kept_when_loading_a_backbone(swin_fixture):
     )
     assert model.get_classifier().out_features == 5
     torch.testing.assert_close(
-        model.stage_norms["2"].weight, swin_fixture["state_dict"]["norm2.weight"]
+        model.stage_norms["3"].weight, swin_fixture["state_dict"]["norm3.weight"]
     )
+
+
+def test_output_norms_the_model_does_not_build_are_dropped_and_logged(swin_fixture, caplog):
+    classifier = timm.create_model("geomim_test", num_classes=5)  # forward needs stage 3 only
+    with caplog.at_level(logging.INFO, logger="geomim.checkpoints"):
+        converted = checkpoint_filter_fn(swin_fixture["state_dict"], classifier)
+    assert converted.keys() == classifier.state_dict().keys()
+    assert not any(key.startswith("stage_norms.2.") for key in converted)
+    assert "dropped 2 checkpoint keys" in caplog.text
+    assert "stage_norms.2.bias, stage_norms.2.weight" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "out_indices, norms", [((1, 2), ["2", "3"]), ((3,), ["3"]), (4, ["2", "3"])]
+)
+def test_norms_follow_out_indices_and_load_official_weights(swin_fixture, out_indices, norms):
+    model = timm.create_model("geomim_test", out_indices=out_indices)
+    assert list(model.stage_norms) == norms
+    model.load_state_dict(checkpoint_filter_fn(swin_fixture["state_dict"], model))
+
+
+def test_checkpoint_without_a_requested_output_norm_is_an_error(swin_fixture):
+    official = {k: v for k, v in swin_fixture["state_dict"].items() if not k.startswith("norm2.")}
+    with pytest.raises(CheckpointError, match=r"2 missing keys \[stage_norms\.2\.bias"):
+        checkpoint_filter_fn(official, timm.create_model("geomim_test", out_indices=(2, 3)))
 
 
 def test_wrong_shapes_are_listed(swin_fixture):
@@ -141,5 +168,17 @@ def test_wrong_shapes_are_listed(swin_fixture):
     official["stages.1.downsample.norm.weight"] = torch.zeros(7)
     with pytest.raises(
         CheckpointError, match=r"stages.1.downsample.norm.weight: checkpoint \(7,\), model \(128,\)"
+    ):
+        checkpoint_filter_fn(official, timm.create_model("geomim_test"))
+
+
+def test_integer_weights_are_refused_not_cast(swin_fixture):
+    official = dict(swin_fixture["state_dict"])
+    official["patch_embed.projection.weight"] = torch.randint_like(
+        official["patch_embed.projection.weight"], 3, dtype=torch.int64
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"patch_embed\.proj\.weight: found torch\.int64, expected torch\.float32",
     ):
         checkpoint_filter_fn(official, timm.create_model("geomim_test"))

@@ -25,7 +25,7 @@ def fixture():
 
 
 def official_tiny(fixture) -> CameraBranch:
-    model = CameraBranch(timm.create_model("geomim_test"), 6, TINY)
+    model = CameraBranch(timm.create_model("geomim_test", out_indices=(2, 3)), 6, TINY)
     model.load_state_dict(pretrain_checkpoint_filter_fn(fixture[0], model))
     return model
 
@@ -66,7 +66,7 @@ def test_official_pretraining_checkpoint_converts_key_for_key(variant, size):
         )
     }
     with torch.device("meta"):
-        model = CameraBranch(timm.create_model(variant))
+        model = CameraBranch(timm.create_model(variant, out_indices=(2, 3)))
     converted = pretrain_checkpoint_filter_fn(checkpoint["state_dict"], model)
     assert converted.keys() == model.state_dict().keys()
 

@@ -42,7 +42,7 @@ def test_window_mask_allows_pairs_visible_in_one_group_and_hides_padding():
 
 def test_hidden_pixels_never_reach_the_other_group():
     torch.manual_seed(0)
-    encoder = timm.create_model("geomim_test").eval()
+    encoder = timm.create_model("geomim_test", out_indices=(2, 3)).eval()
     masks = complementary_masks((2, 4), generator=torch.Generator().manual_seed(3))
     images = torch.randn(2, 3, 64, 128)
     hidden_in_first = masks[0].repeat_interleave(32, 0).repeat_interleave(32, 1).bool()
@@ -84,7 +84,7 @@ def test_per_image_window_masks_follow_each_image():
 @pytest.mark.parametrize("fused", [True, False], ids=["fast", "reference"])
 def test_per_image_masks_isolate_groups_in_every_image_and_match_shared_ones(fused):
     torch.manual_seed(0)
-    encoder = timm.create_model("geomim_test").eval()
+    encoder = timm.create_model("geomim_test", out_indices=(2, 3)).eval()
     encoder.set_fused_attn(fused)
     masks = complementary_masks((2, 4), generator=torch.Generator().manual_seed(3), count=2)
     images = torch.randn(2, 3, 64, 128)
@@ -105,7 +105,7 @@ def test_per_image_masks_isolate_groups_in_every_image_and_match_shared_ones(fus
 
 
 def test_wrongly_shaped_masks_are_an_error_naming_both_layouts():
-    encoder = timm.create_model("geomim_test")
+    encoder = timm.create_model("geomim_test", out_indices=(2, 3))
     with pytest.raises(ValueError, match=r"\(2, 2, 4\) \(one pair per batch\) or \(2, 2, 2, 4\)"):
         encoder.forward_masked(torch.randn(2, 3, 64, 128), torch.zeros(2, 3, 2, 4))
 
@@ -114,6 +114,6 @@ def test_non_binary_masks_are_refused():
     half = torch.full((2, 2, 4), 0.5)  # complementary (sums to 1) but hides nothing
     with pytest.raises(ValueError, match="binary"):
         check_group_masks(half, 2, (64, 128))
-    encoder = timm.create_model("geomim_test")
+    encoder = timm.create_model("geomim_test", out_indices=(2, 3))
     with pytest.raises(ValueError, match="binary"):
         encoder.forward_masked(torch.randn(2, 3, 64, 128), half)
