@@ -8,6 +8,7 @@ rank together always holds the same samples, whatever W and the accumulation mak
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import Iterator
 
 import torch
@@ -82,4 +83,11 @@ def build_loader(
         persistent_workers=False,
         prefetch_factor=2 if workers else None,
         generator=torch.Generator().manual_seed(config.train.seed),
+        worker_init_fn=_ignore_interrupts if workers else None,
     )
+
+
+def _ignore_interrupts(worker: int) -> None:
+    """Ctrl-C is the main process's to handle (it stops the run at a step boundary), also where
+    workers are spawned rather than forked with its handler."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

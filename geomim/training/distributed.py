@@ -9,13 +9,18 @@ DTensor instead of flattening them, so parameter names, `state_dict()` and optim
 those of the plain module (checkpoints move between DDP, FSDP and one process through
 `torch.distributed.checkpoint.state_dict`), it composes with `torch.compile` and activation
 checkpointing, works with gloo on CPU, and is the API PyTorch deprecates FSDP1 in favour of.
+
+SIGINT and SIGTERM (`stop_on_signals`) ask the run to stop at the next step boundary, where the
+ranks agree (`max_over_ranks`), so that all of them stop after the same step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -50,6 +55,11 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def rank_from_env() -> int:
+    """This process's rank as torchrun set it (0 without torchrun), before any setup."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def resolve_device(preference: str) -> torch.device:
     """`auto`: CUDA when available, else CPU; `cuda` without a GPU is a ValueError."""
     if preference == "cuda" and not torch.cuda.is_available():
@@ -62,7 +72,7 @@ def resolve_device(preference: str) -> torch.device:
 def init_distributed(device_preference: str, need_group: bool = False) -> DistributedContext:
     """Join torchrun's process group (or make a one-process group when `need_group`)."""
     kind = resolve_device(device_preference).type
-    rank = int(os.environ.get("RANK", "0"))
+    rank = rank_from_env()
     world_size = world_size_from_env()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(kind, local_rank) if kind == "cuda" else torch.device("cpu")
@@ -98,6 +108,15 @@ def all_reduce_mean(values: Tensor) -> Tensor:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         values /= dist.get_world_size()
     return values
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest of the ranks' `value`s (the value itself in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    values = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return int(values.item())
 
 
 def gather_objects(value: object) -> list[object]:
@@ -166,3 +185,48 @@ def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
         yield
     else:
         yield
+
+
+@dataclass
+class StopRequest:
+    """The signal that asked this process to stop (None: none yet)."""
+
+    received: signal.Signals | None = None
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop was asked for."""
+        return self.received is not None
+
+
+@contextlib.contextmanager
+def stop_on_signals(announce: bool = True) -> Iterator[StopRequest]:
+    """While inside: the first SIGINT or SIGTERM only sets the yielded `StopRequest` (the training
+    loop stops at its next step boundary), a second one exits the process at once with status
+    128 + signal. `announce`: say so on stderr when a signal arrives (rank 0)."""
+    request = StopRequest()
+    owner = os.getpid()
+
+    def handle(number: int, frame: object) -> None:
+        if os.getpid() != owner:  # a forked data-loader worker: the training process decides
+            return
+        name = signal.Signals(number).name
+        if request.requested:
+            if announce:
+                os.write(2, f"\n{name} again: exiting at once, no checkpoint written\n".encode())
+            os._exit(128 + number)
+        request.received = signal.Signals(number)
+        if announce:  # os.write, not print: the handler may run inside a print
+            message = f"{name}: stopping after this step, with a checkpoint ({name} again: at once)"
+            os.write(2, f"\n{message}\n".encode())
+
+    watched = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main one
+        yield request
+        return
+    previous = {number: signal.signal(number, handle) for number in watched}
+    try:
+        yield request
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -5,12 +5,18 @@ over the ranks after the last one (DDP averages them; FSDP2 reduce-scatters), th
 AdamW, the schedule. The reported losses are the mean over micro-batches and ranks. Every random
 choice of a step is a function of (seed, step, micro-batch slot), so the trajectory does not
 depend on the number of ranks (for the same micro-batch) or on where a run was resumed.
+
+A run stops early only at a step boundary, when asked (`StopRequest`, set by SIGINT/SIGTERM):
+with a checkpoint of that step, by raising `TrainingStopped`. The run folder is changed only once
+the state to resume from has loaded.
 """
 
 from __future__ import annotations
 
 import math
+import pickle
 import random
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,25 +34,33 @@ from geomim.pretrain.masking import draw_group_masks
 from geomim.pretrain.model import GeoMIMPretrainer, PretrainOutput
 from geomim.pretrain.teacher_cache import points_source
 from geomim.training.checkpointing import (
-    clear_partial_checkpoints,
+    checkpoint_step,
     load_checkpoint,
-    read_train_state,
     restore_rng,
     save_checkpoint,
 )
-from geomim.training.config import TrainConfig, config_differences, config_to_dict, dump_config
+from geomim.training.config import (
+    ConfigError,
+    TrainConfig,
+    config_differences,
+    config_to_dict,
+    dump_config,
+)
 from geomim.training.data import ResumableSampler, build_dataset, build_loader
 from geomim.training.distributed import (
     DistributedContext,
+    StopRequest,
     all_reduce_mean,
     barrier,
     gradient_sync,
+    max_over_ranks,
     unwrap,
     wrap_model,
 )
 from geomim.training.metrics import MetricsWriter, truncate_metrics
 from geomim.training.optim import build_optimizer, build_scheduler
 from geomim.training.panel import training_panel
+from geomim.training.startup import clear_leftovers, discard_run
 from geomim.training.teacher_factory import build_teacher
 
 LOSSES = ("total", "reconstruction", "depth")
@@ -69,13 +83,25 @@ class StepResult:
 @dataclass
 class Training:
     """What the steps change and a checkpoint saves: model, optimizer, schedule, grad scaler, and
-    the number of optimizer steps done."""
+    the number of optimizer steps done; and the run's newest checkpoint (written or resumed)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     step: int = 0
+    checkpoint: Path | None = None
+
+
+class TrainingStopped(Exception):
+    """A signal stopped the run after `step`, whose checkpoint (None before the first step) has
+    been written."""
+
+    def __init__(self, received: signal.Signals, step: int, checkpoint: Path | None) -> None:
+        super().__init__(f"stopped by {received.name} after step {step}")
+        self.received = received
+        self.step = step
+        self.checkpoint = checkpoint
 
 
 @dataclass(frozen=True)
@@ -175,14 +201,18 @@ def train_step(
 
 
 def train(
-    config: TrainConfig, context: DistributedContext, resume: Path | None = None
+    config: TrainConfig,
+    context: DistributedContext,
+    resume: Path | None = None,
+    fresh: bool = False,
+    stop: StopRequest | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the training a config describes; returns the last metrics record."""
+    """Run (or resume) the training a config describes; returns the last metrics record.
+    `fresh`: discard an earlier run in the run folder first. `stop`: once set (on any rank), the
+    run ends at the next step boundary with a checkpoint, raising `TrainingStopped`."""
     run_dir = Path(config.run_dir)
-    if context.is_main:
-        _prepare_run_dir(run_dir, config, resume)
     dataset = build_dataset(config) if context.is_main else None
-    barrier()  # rank 0 has written the run folder and the data index cache
+    barrier()  # rank 0 has written the data index cache
     if dataset is None:
         dataset = build_dataset(config)
     length = run_length(config, len(dataset), context.world_size)
@@ -197,6 +227,8 @@ def train(
         torch.amp.GradScaler(context.device.type, enabled=config.train.precision == "fp16"),
     )
     record = _resume(training, resume, context) if resume is not None else {}
+    if context.is_main:  # the state has loaded: only now may the run folder change
+        _prepare_run_dir(run_dir, config, training.step, resume is not None, fresh)
     writer = MetricsWriter(
         run_dir,
         length.total_steps,
@@ -209,11 +241,14 @@ def train(
         writer.write_line(f"resumed from {resume} at step {training.step}")
     try:
         while training.step < length.total_steps:
+            _stop_if_asked(stop, training, length, record, config, context)
             epoch, step_in_epoch = divmod(training.step, length.steps_per_epoch)
             per_step = length.accumulation * config.train.micro_batch
             sampler.set_position(epoch, start=step_in_epoch * per_step)
             dataset.set_epoch(epoch)
-            record = train_one_epoch(training, loader, length, writer, config, context) or record
+            record = (
+                train_one_epoch(training, loader, length, writer, config, context, stop) or record
+            )
     finally:
         writer.close()
     return record
@@ -239,9 +274,11 @@ def train_one_epoch(
     writer: MetricsWriter,
     config: TrainConfig,
     context: DistributedContext,
+    stop: StopRequest | None = None,
 ) -> dict[str, Any]:
     """Steps until the epoch (or the run) ends: log, draw panels and save checkpoints on the
-    way. Returns the last metrics record written ({} if none)."""
+    way; stop after a step if `stop` is set (`TrainingStopped`). Returns the last metrics record
+    written ({} if none)."""
     run_dir = Path(config.run_dir)
     record: dict[str, Any] = {}
     window: list[StepResult] = []
@@ -265,20 +302,57 @@ def train_one_epoch(
             _write_panel(run_dir, step, result, config)
         if step % config.checkpoint.every == 0 or done:
             _save(training, length, record, config, context)
+        if not done:
+            _stop_if_asked(stop, training, length, record, config, context)
         if done or step % length.steps_per_epoch == 0:
             break
     return record
 
 
 def _resume(training: Training, path: Path, context: DistributedContext) -> dict[str, Any]:
-    """Restore every state from a checkpoint; returns its last metrics record."""
-    state = load_checkpoint(path, training.model, training.optimizer)
-    training.scheduler.load_state_dict(state["scheduler"])
-    training.scaler.load_state_dict(state["scaler"])
-    training.step = state["progress"]["step"]
+    """Restore every state from a checkpoint; returns its last metrics record. A checkpoint
+    that does not load is a `ConfigError` (the run folder is not changed yet)."""
+    from safetensors import SafetensorError
+    from torch.distributed.checkpoint import CheckpointException
+
+    try:
+        state = load_checkpoint(path, training.model, training.optimizer)
+        training.scheduler.load_state_dict(state["scheduler"])
+        training.scaler.load_state_dict(state["scaler"])
+        training.step = state["progress"]["step"]
+    except (
+        ValueError, KeyError, RuntimeError, OSError, EOFError, pickle.UnpicklingError,
+        SafetensorError, CheckpointException,
+    ) as error:  # fmt: skip
+        raise ConfigError(
+            f"--resume: {path} does not load into this run ({type(error).__name__}: {error}); "
+            "the run folder is unchanged"
+        ) from error
     if state["world_size"] == context.world_size:  # else each rank keeps its fresh seed
         restore_rng(state["rng"][context.rank])
+    training.checkpoint = Path(path)
     return state.get("metrics", {})
+
+
+def _stop_if_asked(
+    stop: StopRequest | None,
+    training: Training,
+    length: RunLength,
+    record: dict[str, Any],
+    config: TrainConfig,
+    context: DistributedContext,
+) -> None:
+    """At a step boundary: if a signal reached any rank, write this step's checkpoint (unless
+    there is one) and raise `TrainingStopped` (on every rank: they agree here)."""
+    if stop is None:
+        return
+    received = max_over_ranks(stop.received or 0, context.device)
+    if not received:
+        return
+    last = training.checkpoint
+    if training.step > 0 and (last is None or checkpoint_step(last) != training.step):
+        _save(training, length, record, config, context)
+    raise TrainingStopped(signal.Signals(received), training.step, training.checkpoint)
 
 
 def _save(
@@ -294,7 +368,7 @@ def _save(
         "total_steps": length.total_steps,
         "dataset_size": length.dataset_size,
     }
-    save_checkpoint(
+    training.checkpoint = save_checkpoint(
         config.run_dir,
         training.step,
         training.model,
@@ -311,11 +385,18 @@ def _save(
     )
 
 
-def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: Path | None) -> None:
-    """Create the run folder, save the resolved config, clear what a killed run left behind."""
+def _prepare_run_dir(
+    run_dir: Path, config: TrainConfig, step: int, resumed: bool, fresh: bool
+) -> None:
+    """Once the state to start from has loaded: create the run folder, discard an earlier run
+    (`fresh`), clear what killed runs left behind, save the resolved config, drop the metrics
+    records after `step` (the run logs them again)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    if fresh and (discarded := discard_run(run_dir)):
+        print(f"--fresh: discarded the earlier run in {run_dir} ({discarded})")
+    clear_leftovers(run_dir)
     config_path = run_dir / CONFIG_FILE
-    if resume is not None and config_path.is_file():
+    if resumed and config_path.is_file():
         changed = config_differences(
             yaml.safe_load(config_path.read_text()), config_to_dict(config)
         )
@@ -323,9 +404,7 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: Path | None) ->
             print(f"note: resuming with a changed config: {', '.join(changed)}")
     text = dump_config(config)
     write_atomic(config_path, lambda temp: Path(temp).write_text(text))
-    clear_partial_checkpoints(run_dir)
-    # records after the step the run restarts from are logged again (a fresh run: all of them)
-    truncate_metrics(run_dir, read_train_state(resume)["progress"]["step"] if resume else 0)
+    truncate_metrics(run_dir, step)
 
 
 def _record(

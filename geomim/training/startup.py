@@ -80,9 +80,9 @@ def run_history(run_dir: str | Path) -> str:
     return "; ".join(parts)
 
 
-def check_startup(config: TrainConfig, world_size: int, resume: Path | None) -> None:
+def check_startup(config: TrainConfig, world_size: int) -> None:
     """Raise `ConfigError` if this run cannot start as configured on `world_size` ranks (the
-    checkpoint to resume from, `resume`, is checked by `resolve_resume`)."""
+    checkpoint to resume from is checked by `resolve_resume`)."""
     config.train.accumulation(world_size)  # the batch must split over the ranks
     if config.data.source == "nuscenes":  # the rig's random samples need no files
         _check_dataset_folder(config.data.root, config.data.version)

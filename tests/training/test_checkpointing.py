@@ -1,8 +1,10 @@
-"""Checkpoints: atomic folders, the last k kept, RNG states restored, full and sharded reads."""
+"""Checkpoints: atomic folders, the last k kept, deletions out of sight first, broken files named,
+RNG states restored, full and sharded reads."""
 
 from __future__ import annotations
 
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from torch import nn
 from geomim.training.checkpointing import (
     capture_rng,
     checkpoint_dir,
+    checkpoint_problem,
     clear_partial_checkpoints,
     latest_checkpoint,
     list_checkpoints,
@@ -20,6 +23,7 @@ from geomim.training.checkpointing import (
     read_train_state,
     restore_rng,
     save_checkpoint,
+    step_folders,
 )
 from geomim.training.distributed import DistributedContext
 
@@ -95,3 +99,46 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     torch.manual_seed(2)
     restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+
+
+def test_checkpoint_problem_names_the_missing_empty_or_truncated_file(tmp_path):
+    model, optimizer = trained()
+    path = save(tmp_path, 2, model, optimizer)
+    assert checkpoint_problem(path) is None
+    optimizer_file = path / "optimizer.pt"
+    data = optimizer_file.read_bytes()
+    optimizer_file.write_bytes(data[: len(data) // 2])
+    assert checkpoint_problem(path).startswith(f"{optimizer_file} is truncated or corrupt")
+    (path / "model.safetensors").unlink()
+    assert checkpoint_problem(path) == f"{path / 'model.safetensors'} is missing"
+    (path / "train_state.pt").write_bytes(b"")
+    assert checkpoint_problem(path) == f"{path / 'train_state.pt'} is empty"
+    (path / "train_state.pt").unlink()
+    assert checkpoint_problem(path) == f"{path / 'train_state.pt'} is missing"
+
+
+def test_checkpoint_problem_reads_the_shard_sizes_of_a_distributed_checkpoint(tmp_path):
+    model, optimizer = trained()
+    extra = {"progress": {"step": 2}, "scheduler": {}, "scaler": {}}
+    with warnings.catch_warnings():  # one process without a process group
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        path = save_checkpoint(tmp_path, 2, model, optimizer, extra, CONTEXT, True, 2)
+    assert checkpoint_problem(path) is None
+    [shard] = path.glob("*.distcp")
+    shard.write_bytes(shard.read_bytes()[:10])
+    assert checkpoint_problem(path).startswith(f"{shard} is truncated (10 of ")
+
+
+def test_deletions_go_through_a_hidden_folder_and_prune_older_incomplete_folders(tmp_path):
+    model, optimizer = trained()
+    save(tmp_path, 2, model, optimizer)
+    (checkpoint_dir(tmp_path, 2) / "train_state.pt").unlink()  # a delete killed by old code
+    aside = checkpoint_dir(tmp_path, 3).with_name(".deleting-step-00000003")
+    aside.mkdir()  # a delete killed after its rename: out of sight
+    (aside / "model.safetensors").write_bytes(b"half")
+    for step in (4, 6):
+        save(tmp_path, step, model, optimizer, keep_last=1)
+    assert [p.name for p in step_folders(tmp_path)] == ["step-00000006"]
+    assert latest_checkpoint(tmp_path) == checkpoint_dir(tmp_path, 6)
+    assert clear_partial_checkpoints(tmp_path) == [aside]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000006"]

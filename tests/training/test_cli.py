@@ -11,27 +11,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from geomim import train as train_cli
-from geomim.training.config import load_config
+from geomim.training.config import ConfigError, load_config
 from geomim.training.metrics import read_metrics
-from tests.training.runs import tiny_config, write_config
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    """Fail the test if start-up gets as far as the process group or the training loop."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("work started despite a bad config")
-
-    monkeypatch.setattr(train_cli, "init_distributed", refuse)
-    monkeypatch.setattr(train_cli, "train", refuse)
-
-
-def start(capsys, *argv: str) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        train_cli.main(list(argv))
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err
+from tests.training.runs import refused, tiny_config, write_config
 
 
 @pytest.fixture
@@ -43,13 +25,13 @@ def test_unknown_key_in_the_file_stops_start_up(tmp_path, capsys, no_work, confi
     data = yaml.safe_load(config_file.read_text())
     data["train"]["batchsize"] = 4
     config_file.write_text(yaml.safe_dump(data))
-    error = start(capsys, "--config", str(config_file))
+    error = refused(capsys, "--config", str(config_file))
     assert "unknown key 'train.batchsize'" in error and "did you mean 'batch_size'" in error
     assert not (tmp_path / "run").exists()
 
 
 def test_wrong_type_in_an_override_stops_start_up(tmp_path, capsys, no_work, config_file):
-    error = start(capsys, "--config", str(config_file), "train.epochs=ten")
+    error = refused(capsys, "--config", str(config_file), "train.epochs=ten")
     assert "train.epochs: expected int, got str 'ten'" in error
     assert not (tmp_path / "run").exists()
 
@@ -58,26 +40,45 @@ def test_a_batch_that_does_not_split_over_the_ranks_stops_start_up(
     tmp_path, capsys, monkeypatch, no_work, config_file
 ):
     monkeypatch.setenv("WORLD_SIZE", "3")  # as torchrun --nproc_per_node=3 sets it
-    error = start(capsys, "--config", str(config_file))
+    error = refused(capsys, "--config", str(config_file))
     assert "train.batch_size 2 does not split over 3 rank(s) x train.micro_batch 1" in error
     assert not (tmp_path / "run").exists()
 
 
 def test_a_missing_dataset_stops_start_up(tmp_path, capsys, no_work, config_file):
-    error = start(capsys, "--config", str(config_file), f"data.root={tmp_path / 'nowhere'}")
+    error = refused(capsys, "--config", str(config_file), f"data.root={tmp_path / 'nowhere'}")
     assert f"data.root: no dataset folder at {tmp_path / 'nowhere'}" in error
-    error = start(capsys, "--config", str(config_file), "data.version=v1.0-trainval")
+    error = refused(capsys, "--config", str(config_file), "data.version=v1.0-trainval")
     assert "has no v1.0-trainval/ tables folder (found ['v1.0-mini'])" in error
     assert not (tmp_path / "run").exists()
 
 
-def test_a_run_folder_with_checkpoints_needs_resume(tmp_path, capsys, no_work, config_file):
+def test_a_run_folder_with_checkpoints_needs_resume_or_fresh(
+    tmp_path, capsys, no_work, config_file
+):
     (tmp_path / "run" / "checkpoints" / "step-00000002").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "step-00000002" / "train_state.pt").write_bytes(b"")
-    error = start(capsys, "--config", str(config_file))
-    assert "already holds checkpoints; pass --resume auto" in error
-    error = start(capsys, "--config", str(config_file), "--resume", str(tmp_path))
-    assert f"--resume {tmp_path}: {tmp_path} is not a complete checkpoint" in error
+    error = refused(capsys, "--config", str(config_file))
+    assert f"run_dir: {tmp_path / 'run'} already holds a run (checkpoints/step-00000002)" in error
+    assert "pass --resume auto to continue it, --fresh to discard it and start over" in error
+    error = refused(capsys, "--config", str(config_file), "--resume", str(tmp_path))
+    assert f"--resume {tmp_path}: not a complete checkpoint: {tmp_path}/train_state.pt is" in error
+    error = refused(capsys, "--config", str(config_file), "--resume", "auto", "--fresh")
+    assert "--fresh: not allowed with argument --resume" in error
+
+
+def test_a_run_dir_that_is_a_file_stops_start_up(tmp_path, capsys, no_work, config_file):
+    (tmp_path / "file").write_text("")
+    error = refused(capsys, "--config", str(config_file), f"run_dir={tmp_path / 'file'}")
+    assert error.splitlines()[-1].endswith(f"run_dir: {tmp_path / 'file'} is a file, not a folder")
+    error = refused(capsys, "--config", str(config_file), f"run_dir={tmp_path / 'file' / 'run'}")
+    assert f"run_dir: {tmp_path / 'file' / 'run'} cannot be made: {tmp_path / 'file'} is a" in error
+    assert "Traceback" not in error
+
+
+def test_debug_raises_a_start_up_error_with_its_traceback(capsys, no_work, config_file):
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected int"):
+        train_cli.main(["--config", str(config_file), "--debug", "train.epochs=ten"])
 
 
 def test_print_config_shows_the_resolved_config(capsys, config_file):
@@ -88,7 +89,7 @@ def test_print_config_shows_the_resolved_config(capsys, config_file):
 
 
 def test_bf16_checkpointed_accumulating_run_writes_config_metrics_panel_and_checkpoint(
-    tmp_path, synthetic_root
+    tmp_path, synthetic_root, capsys
 ):
     settings = tiny_config(
         synthetic_root,
@@ -100,6 +101,12 @@ def test_bf16_checkpointed_accumulating_run_writes_config_metrics_panel_and_chec
     config_file = write_config(tmp_path / "config.yaml", settings)
     train_cli.main(["--config", str(config_file)])
     run_dir = tmp_path / "run"
+    assert capsys.readouterr().out.splitlines()[-4:] == [  # after the progress bar, where it is
+        f"run         {run_dir}",
+        f"checkpoint  {run_dir / 'checkpoints' / 'step-00000002'}",
+        f"metrics     {run_dir / 'metrics.jsonl'}",
+        f"panel       {run_dir / 'panels' / 'step-00000002.png'}",
+    ]
     assert load_config(run_dir / "config.yaml") == load_config(config_file)
     records = read_metrics(run_dir)
     assert [r["step"] for r in records] == [1, 2]

@@ -27,7 +27,7 @@ def test_every_shipped_config_parses_and_passes_the_startup_checks_on_8_ranks(tm
         (tmp_path / version).mkdir(exist_ok=True)
         config = load_config(name, [f"data.root={tmp_path}", f"run_dir={tmp_path / name}"])
         world = 8 if config.train.batch_size == 16 else 1
-        check_startup(config, world_size=world, resume=None)
+        check_startup(config, world_size=world)
 
 
 @pytest.mark.parametrize("name", ["swin_base", "swin_large", "cva_vit_base"])

@@ -8,17 +8,20 @@ import torch
 from geomim.export import load_run_encoder
 from geomim.training.checkpointing import list_checkpoints
 from geomim.training.metrics import read_metrics
-from tests.training.runs import INTERRUPT, STEPS, run, tiny_config, write_config
+from tests.training.runs import (
+    INTERRUPT,
+    LOSS_KEYS,
+    STEPS,
+    losses,
+    run,
+    tiny_config,
+    write_config,
+)
 
-LOSS_KEYS = ("loss", "loss_reconstruction", "loss_depth", "grad_norm", "lr")
 # 2 ranks x 1 sample vs 1 rank x 2 accumulated samples: the same samples, masks and arithmetic
 # but for how the gradients are summed (all-reduce vs accumulation). Measured: DDP bit-identical
 # to the reference, FSDP2 identical losses and gradient norms within 1.4e-7.
 RANKS_RTOL = 1e-6
-
-
-def losses(run_dir) -> list[dict]:
-    return [{k: r[k] for k in ("step", *LOSS_KEYS)} for r in read_metrics(run_dir)]
 
 
 def assert_close_trajectories(actual, expected, rtol):
