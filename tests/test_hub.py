@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import timm
@@ -255,3 +256,23 @@ def test_convert_cli_of_the_wrong_variant_in_a_subprocess(tmp_path, swin_fixture
     assert result.returncode == 2, result.stderr
     assert "error: checkpoint is for a Swin with embed dim 16" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_weights_missing_from_the_cache_fail_at_once_offline(hf_cache):
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError) as raised:
+        timm.create_model("geomim_base", pretrained=True)
+    assert "not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in str(raised.value)
+    assert "python -m geomim.hub convert" in str(raised.value)  # what to do instead
+    assert time.perf_counter() - start < 5  # no model built, no network waited on
+
+
+def test_an_unreachable_hub_fails_at_once_with_one_error(hf_cache, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=r"the Hub \(127.0.0.1\) cannot be reached"):
+        timm.create_model("geomim_base", pretrained=True)
+    assert time.perf_counter() - start < 5  # not huggingface_hub's retries with back-off

@@ -4,14 +4,17 @@ builder, the pretrained-cfg template, and the checks of constructor arguments.""
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import Callable, Sequence
 from functools import partial
 from numbers import Integral, Real
+from urllib.parse import urlparse
 
+from huggingface_hub import constants, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, get_pretrained_cfg
 from torch import Tensor, nn
 
 FilterFn = Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]]
@@ -41,6 +44,15 @@ def create_backbone(
     overlay = kwargs.get("pretrained_cfg_overlay")
     if overlay and "file" in overlay:
         kwargs["pretrained_cfg_overlay"] = {"custom_load": True, **overlay}
+    elif pretrained:
+        reason = hub_weights_unreachable(
+            {**get_pretrained_cfg(variant).to_dict(), **(overlay or {})}
+        )
+        if reason is not None:
+            raise FileNotFoundError(
+                f"no pretrained weights for {variant!r}: {reason}.\n"
+                + how_to_get_weights.format(variant=variant)
+            )
     try:
         return build_model_with_cfg(
             partial(model_cls, out_indices=out_indices),
@@ -54,7 +66,29 @@ def create_backbone(
         raise FileNotFoundError(
             f"no pretrained weights for {variant!r} could be loaded ({error}).\n"
             + how_to_get_weights.format(variant=variant)
-        ) from error
+        ) from None  # one error, not the chain of HTTP exceptions behind it
+
+
+def hub_weights_unreachable(cfg: dict, timeout_s: float = 3.0) -> str | None:
+    """Why a pretrained cfg's Hub weights cannot be had right now, at once rather than after
+    huggingface_hub's retries (None: they are in the local cache, or the Hub answers)."""
+    hub_id = cfg.get("hf_hub_id")
+    if not hub_id:
+        return "the model names no Hugging Face Hub repository"
+    repo, _, revision = hub_id.partition("@")
+    filename = cfg.get("hf_hub_filename") or "model.safetensors"
+    if isinstance(try_to_load_from_cache(repo, filename, revision=revision or None), str):
+        return None
+    where = f"{filename} of {hub_id} is not in the local Hugging Face cache"
+    if constants.HF_HUB_OFFLINE:
+        return f"{where} and HF_HUB_OFFLINE is set"
+    host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
+    port = urlparse(constants.ENDPOINT).port or 443
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as error:
+        return f"{where} and the Hub ({host}) cannot be reached: {error}"
+    return None
 
 
 def backbone_cfg(
