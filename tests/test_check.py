@@ -76,5 +76,5 @@ def test_help_and_usage_errors_come_before_any_work():
     )
     assert help_text.returncode == 0 and "--quick" in help_text.stdout
     with pytest.raises(SystemExit) as raised:
-        main(["--repeats", "0"])
+        main(["--repeats", "-1"])
     assert raised.value.code == 2

@@ -40,12 +40,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-teacher", action="store_true", help="no sparse-encoder check")
     parser.add_argument("--skip-steps", action="store_true", help="no pretraining-step check")
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed runs per backend (default 3; 1 --quick)"
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed runs per backend (default 3; 0, no timing, with --quick)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the whole report here")
     args = parser.parse_args(argv)
-    if args.repeats is not None and args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    if args.repeats is not None and args.repeats < 0:
+        parser.error("--repeats must be 0 (no timing) or more")
     return args
 
 
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         ops=tuple(args.ops),
         teacher=not args.skip_teacher,
         steps=not args.skip_steps,
-        repeats=args.repeats or (1 if args.quick else 3),
+        repeats=(0 if args.quick else 3) if args.repeats is None else args.repeats,
     )
     report = run_check(options, say=lambda line: print(line, flush=True))
     if args.json is not None:

@@ -89,8 +89,11 @@ def check_backend(
                 relative_error(ours, reference.gradients[name])
                 for name, ours in zip(case.differentiable, gradients, strict=True)
             )
-        result.forward_ms = 1e3 * median_seconds(lambda: _forward(case, inputs, backend), repeats)
-        if backward:
+        if repeats:  # 0: errors only (--quick: times at tiny sizes mean nothing)
+            result.forward_ms = 1e3 * median_seconds(
+                lambda: _forward(case, inputs, backend), repeats
+            )
+        if backward and repeats:
             result.training_ms = 1e3 * median_seconds(
                 lambda: _training(case, inputs, backend, reference.cotangent), repeats
             )
