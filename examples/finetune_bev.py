@@ -58,7 +58,9 @@ CELLS = 32  # output grid: 3.2 m cells
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("finetune-bev"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("finetune-bev"), help="folder for data, runs, plot"
+    )
     parser.add_argument(
         "--pretrained",
         type=Path,
@@ -68,17 +70,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default="geomim_test", help="backbone (timm name)")
     parser.add_argument("--pretrain-steps", type=int, default=500, help="when pretraining here")
     parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps per run")
-    parser.add_argument("--eval-every", type=int, default=25)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--eval-every", type=int, default=25, help="steps between val IoUs")
+    parser.add_argument("--batch-size", type=int, default=2, help="samples per step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (head)")
     parser.add_argument(
         "--backbone-lr-scale", type=float, default=0.1, help="backbone lr = lr x this"
     )
-    parser.add_argument("--train-scenes", type=int, default=4)
-    parser.add_argument("--val-scenes", type=int, default=2)
-    parser.add_argument("--samples-per-scene", type=int, default=8)
-    parser.add_argument("--image-size", type=int, nargs=2, default=(64, 176), metavar=("H", "W"))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-scenes", type=int, default=4, help="synthetic training scenes")
+    parser.add_argument("--val-scenes", type=int, default=2, help="synthetic validation scenes")
+    parser.add_argument("--samples-per-scene", type=int, default=8, help="key frames per scene")
+    parser.add_argument(
+        "--image-size", type=int, nargs=2, default=(64, 176), metavar=("H", "W"), help="input"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="data, weights and sampling")
     return parser.parse_args()
 
 

@@ -59,18 +59,25 @@ def cache(args: argparse.Namespace) -> Path:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m geomim.teacher", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m geomim.teacher",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("cache", help="run a frozen teacher over a dataset once")
     run.add_argument("dataroot", type=Path, help="nuScenes-format folder (v1.0-*/, samples/)")
     run.add_argument("out", type=Path, help="cache folder (created, or resumed)")
     run.add_argument("--teacher", choices=["lidar", "histogram"], default="lidar")
     run.add_argument("--checkpoint", type=Path, help="lidar: lidar-only-det.pth or converted")
-    run.add_argument("--version", default="v1.0-trainval")
+    run.add_argument("--version", default="v1.0-trainval", help="tables folder name")
     run.add_argument("--split", default="train", help="official split name, or None for all")
     run.add_argument("--shard-size", type=int, default=64, help="samples per shard file")
     run.add_argument("--dtype", choices=list(DTYPES), default="float32", help="stored maps")
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the teacher runs (default: cuda if available)",
+    )  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 

@@ -3,15 +3,24 @@
 spconv is only needed to build an encoder: `pip install "geomim[lidar]"`.
 """
 
-from geomim.lidar.convert import (
-    ConversionReport,
-    convert_checkpoint,
-    lidar_checkpoint_filter_fn,
-    official_to_geomim,
-)
 from geomim.lidar.sparse_encoder import SparseEncoder, SparseEncoderConfig
 from geomim.lidar.teacher import LiDARTeacher, LiDARTeacherConfig
 from geomim.lidar.voxelize import VoxelBatch, VoxelConfig, Voxels, hard_voxelize, voxelize
+
+# the conversion is imported on first use: `python -m geomim.lidar.convert` runs that module as
+# __main__, and importing it here first would make runpy warn about the double import
+_CONVERSION = (
+    "ConversionReport", "convert_checkpoint", "lidar_checkpoint_filter_fn", "official_to_geomim"
+)  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name in _CONVERSION:
+        from geomim.lidar import convert
+
+        return getattr(convert, name)
+    raise AttributeError(f"module 'geomim.lidar' has no attribute {name!r}")
+
 
 __all__ = [
     "ConversionReport",

@@ -124,7 +124,9 @@ def _group(key: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: `python -m geomim.lidar.convert SOURCE TARGET.safetensors`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m geomim.lidar.convert", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("source", help="lidar-only-det.pth or an encoder state dict")
     parser.add_argument("target", help="output .safetensors")
     args = parser.parse_args(argv)

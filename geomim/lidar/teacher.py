@@ -13,18 +13,21 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.func import functional_call
 
 from geomim.checkpoints import fit_to_model, read_checkpoint
-from geomim.lidar.convert import ConversionReport, official_to_geomim
 from geomim.lidar.sparse_encoder import SparseEncoder, SparseEncoderConfig, spconv_supports
 from geomim.lidar.voxelize import VoxelBatch, VoxelConfig, voxelize
 from geomim.pretrain.teacher import Teacher, TeacherMeta
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from geomim.lidar.convert import ConversionReport
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class LiDARTeacher(Teacher):
     ) -> LiDARTeacher:
         """A teacher with the weights of an official or converted checkpoint; logs dropped keys."""
         teacher = cls(config)
+        from geomim.lidar.convert import official_to_geomim  # (keeps `python -m` of it clean)
+
         converted, report = official_to_geomim(read_checkpoint(path))
         fitted = fit_to_model(converted, teacher.encoder, "LiDAR sparse encoder")
         teacher.encoder.load_state_dict(fitted, strict=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -118,3 +121,11 @@ def test_a_wrongly_shaped_weight_is_an_error(official):
     model = SparseEncoder(SparseEncoderConfig(sparse_shape=(70, 46, 41), in_channels=4))
     with pytest.raises(CheckpointError, match=r"stem\.conv\.weight: checkpoint \(16, 3, 3, 3, 5\)"):
         lidar_checkpoint_filter_fn(official, model)
+
+
+def test_the_command_line_help_is_clean():
+    run = subprocess.run(
+        [sys.executable, "-m", "geomim.lidar.convert", "--help"], capture_output=True, text=True
+    )
+    assert run.returncode == 0 and run.stdout.startswith("usage: python -m geomim.lidar.convert")
+    assert "RuntimeWarning" not in run.stderr  # the module is not imported twice
