@@ -33,7 +33,13 @@ from geomim.checkpoints import save_safetensors_atomic, write_atomic
 from geomim.deploy import ExportCheckError
 from geomim.hub import WEIGHTS_NAME
 from geomim.models import masked_encoder_kwargs
-from geomim.training.checkpointing import latest_checkpoint, read_model_weights, read_train_state
+from geomim.training.checkpointing import (
+    checkpoint_problem,
+    latest_checkpoint,
+    read_model_weights,
+    read_train_state,
+    step_folders,
+)
 from geomim.training.config import TrainConfig, dump_config, load_config
 from geomim.training.engine import CONFIG_FILE
 
@@ -60,7 +66,16 @@ def load_run_encoder(
     config = load_config(run_dir / CONFIG_FILE)
     path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
     if path is None:
-        raise FileNotFoundError(f"{run_dir} holds no complete checkpoint")
+        problems = [
+            f"{folder.name}: {checkpoint_problem(folder)}" for folder in step_folders(run_dir)
+        ]
+        raise FileNotFoundError(
+            f"{run_dir} holds no complete checkpoint"
+            + (f" ({'; '.join(problems)})" if problems else "")
+        )
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise FileNotFoundError(f"checkpoint {path} cannot be exported: {problem}")
     state = read_train_state(path)
     encoder = timm.create_model(config.model.encoder, **encoder_kwargs(config))
     template = {ENCODER_PREFIX + k: v for k, v in encoder.state_dict().items()}

@@ -14,7 +14,8 @@ from huggingface_hub import constants, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, get_pretrained_cfg
+from timm.models import build_model_with_cfg
+from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
 from torch import Tensor, nn
 
 FilterFn = Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]]
@@ -45,9 +46,9 @@ def create_backbone(
     if overlay and "file" in overlay:
         kwargs["pretrained_cfg_overlay"] = {"custom_load": True, **overlay}
     elif pretrained:
-        reason = hub_weights_unreachable(
-            {**get_pretrained_cfg(variant).to_dict(), **(overlay or {})}
-        )
+        cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), overlay).to_dict()
+        from_hub = _resolve_pretrained_source(cfg)[0] == "hf-hub"  # not a state_dict, url, dir
+        reason = hub_weights_unreachable(cfg) if from_hub else None
         if reason is not None:
             raise FileNotFoundError(
                 f"no pretrained weights for {variant!r}: {reason}.\n"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 
+import pytest
 import safetensors.torch
 import timm
 import torch
@@ -59,3 +61,16 @@ def test_exported_backbone_features_equal_the_trained_encoders(
             features = model(images)
             assert len(features) == 2
             assert all(torch.equal(a, b) for a, b in zip(features, expected, strict=True))
+
+
+def test_a_run_whose_weights_are_all_truncated_is_a_one_line_error(tmp_path, reference_run, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    for weights in run.glob("checkpoints/*/model.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(SystemExit) as raised:
+        export.main([str(run), str(tmp_path / "exported")])
+    assert raised.value.code == 2
+    error = capsys.readouterr().err
+    assert "holds no complete checkpoint" in error and "model.safetensors" in error
+    assert "Traceback" not in error and not (tmp_path / "exported").exists()
