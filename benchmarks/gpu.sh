@@ -17,6 +17,10 @@
 #   kernels-bf16  benchmarks/kernels.py --dtype bfloat16
 # Output: $OUT/{check,kernels-fp32,kernels-bf16,pretrain,backbone,steps}.json and $OUT/gpu.log
 # (8 files at most come back from the device tool; everything else goes to a temp folder).
+#
+# A rerun of part of it: SKIP="tests backbone" leaves those steps out; CHECK_ARGS and
+# KERNELS_ARGS are added to the check's and the kernel benchmarks' arguments, e.g.
+#   SKIP=backbone CHECK_ARGS="--backends triton sdpa reference" bash benchmarks/gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +34,9 @@ fi
 OUT="${OUT:-benchmarks/results/gpu}"
 PYTHON="${PYTHON:-python3}"
 DEADLINE_S="${DEADLINE_S:-470}"
+SKIP="${SKIP:-}"
+read -ra CHECK_ARGS <<<"${CHECK_ARGS:-}"
+read -ra KERNELS_ARGS <<<"${KERNELS_ARGS:-}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 LOG="$OUT/gpu.log"
@@ -45,6 +52,11 @@ run() {
     local name=$1 limit=$2
     shift 2
     local left=$((DEADLINE_S - ($(date +%s) - START)))
+    if [[ " $SKIP " == *" $name "* ]]; then
+        echo "{\"step\": \"$name\", \"rc\": 0, \"seconds\": 0, \"note\": \"skipped (SKIP)\"}" >>"$STEPS"
+        echo "== $name: skipped (SKIP)" | tee -a "$LOG"
+        return
+    fi
     if ((left < 10)); then
         echo "{\"step\": \"$name\", \"rc\": null, \"seconds\": 0, \"note\": \"deadline\"}" >>"$STEPS"
         echo "== $name: skipped, the ${DEADLINE_S} s deadline is reached" | tee -a "$LOG"
@@ -60,7 +72,11 @@ run() {
     echo "== $name: exit $rc after $(($(date +%s) - begin)) s" | tee -a "$LOG"
 }
 
-install() {
+install() {  # run through `bash -c` (timeout runs programs, not functions)
+    if ((DRY_RUN)); then  # the same step, installing nothing into the caller's environment
+        "$PYTHON" -c "import geomim, torch; print('geomim', geomim.__version__)"
+        return
+    fi
     if compgen -G ".whl/*.whl" >/dev/null; then
         "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation .whl/*.whl || return 1
     fi
@@ -69,16 +85,18 @@ install() {
     "$PYTHON" -c "import geomim, torch; print('geomim', geomim.__version__, 'torch', \
 torch.__version__, 'cuda', torch.cuda.is_available())"
 }
+export DRY_RUN PYTHON
+INSTALL="$(declare -f install); install"
 
 nvidia-smi >>"$LOG" 2>&1 || true
 if ((DRY_RUN)); then
     DEVICE=cpu
-    run install 60 "$PYTHON" -c "import geomim, torch; print('geomim', geomim.__version__)"
+    run install 60 bash -c "$INSTALL"
     run check 120 "$PYTHON" -m geomim.check --device cpu --quick --skip-teacher \
-        --json "$OUT/check.json"
+        --json "$OUT/check.json" "${CHECK_ARGS[@]}"
     run tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider --collect-only -k "cuda or gpu" tests
     run kernels-fp32 120 "$PYTHON" benchmarks/kernels.py --device cpu --quick --skip-flex \
-        --repeats 1 --warmup 0 --out "$OUT/kernels-fp32.json"
+        --repeats 1 --warmup 0 --out "$OUT/kernels-fp32.json" "${KERNELS_ARGS[@]}"
     run pretrain 180 "$PYTHON" benchmarks/pretrain_cuda.py --device cpu --size tiny \
         --max-batch 2 --repeats 1 --warmup 0 --points 5000 --out "$OUT/pretrain.json"
     run backbone 120 "$PYTHON" benchmarks/backbone.py --device cpu --model geomim_test \
@@ -87,14 +105,17 @@ if ((DRY_RUN)); then
         -m geomim.train --config tiny_synthetic data.source=rig data.rig_samples=4 \
         data.workers=0 train.max_steps=2 train.device=cpu "run_dir=$SCRATCH/run"
     run kernels-bf16 120 "$PYTHON" benchmarks/kernels.py --device cpu --quick --skip-flex \
-        --dtype bfloat16 --repeats 1 --warmup 0 --ops attention --out "$OUT/kernels-bf16.json"
+        --dtype bfloat16 --repeats 1 --warmup 0 --ops attention --out "$OUT/kernels-bf16.json" \
+        "${KERNELS_ARGS[@]}"
 else
     DEVICE=cuda
-    run install 60 install
-    run check 150 "$PYTHON" -m geomim.check --device cuda --json "$OUT/check.json"
+    run install 60 bash -c "$INSTALL"
+    run check 200 "$PYTHON" -m geomim.check --device cuda --json "$OUT/check.json" \
+        "${CHECK_ARGS[@]}"
     run tests 90 "$PYTHON" -m pytest -q -p no:cacheprovider --continue-on-collection-errors \
         -k "cuda or gpu" tests
-    run kernels-fp32 90 "$PYTHON" benchmarks/kernels.py --device cuda --out "$OUT/kernels-fp32.json"
+    run kernels-fp32 90 "$PYTHON" benchmarks/kernels.py --device cuda --out "$OUT/kernels-fp32.json" \
+        "${KERNELS_ARGS[@]}"
     run pretrain 120 "$PYTHON" benchmarks/pretrain_cuda.py --device cuda --out "$OUT/pretrain.json"
     run backbone 60 "$PYTHON" benchmarks/backbone.py --device cuda --batch 4 \
         --out "$OUT/backbone.json"
@@ -103,7 +124,7 @@ else
         data.workers=2 train.max_steps=20 train.device=cuda train.precision=bf16 \
         "run_dir=$SCRATCH/run"
     run kernels-bf16 75 "$PYTHON" benchmarks/kernels.py --device cuda --dtype bfloat16 \
-        --ops attention cross_view --out "$OUT/kernels-bf16.json"
+        --ops attention cross_view --out "$OUT/kernels-bf16.json" "${KERNELS_ARGS[@]}"
 fi
 
 "$PYTHON" - "$STEPS" "$OUT/steps.json" "$DEVICE" "$(($(date +%s) - START))" <<'EOF'

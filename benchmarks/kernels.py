@@ -331,11 +331,11 @@ def report_attention(args: argparse.Namespace, report: dict) -> bool:
     default = default_backend("window_attention", args.device)
     if args.device == "cuda":
         masked = report["window_attention_masked"]["seconds"]
-        flex = masked.get("flex", {}).get("forward+backward") or math.nan
-        ratio = flex / masked["triton"]["forward+backward"]
-        report["targets"]["window attention fwd+bwd, triton vs flex (group mask)"] = {
-            "backend": "triton", "ratio": ratio, "target": TRITON_VS_FLEX_TARGET
-        }  # fmt: skip
+        if "flex" in masked:  # not measured with --skip-flex
+            ratio = masked["flex"]["forward+backward"] / masked["triton"]["forward+backward"]
+            report["targets"]["window attention fwd+bwd, triton vs flex (group mask)"] = {
+                "backend": "triton", "ratio": ratio, "target": TRITON_VS_FLEX_TARGET
+            }  # fmt: skip
     else:
         ratio = seconds["reference"]["forward"] / seconds[default]["forward"]
         report["targets"]["window attention forward vs official"] = {
@@ -348,7 +348,7 @@ def report_attention(args: argparse.Namespace, report: dict) -> bool:
         if peak:
             flop_s = report["window_attention"]["forward_flop"] / seconds[default]["forward"]
             print(f"{name}: attention {flop_s / 1e12:.1f} TFLOP/s of {peak[1] / 1e12:.0f} fp32")
-    return ok and (math.isfinite(ratio) or args.skip_flex)
+    return ok and all(math.isfinite(t["ratio"]) for t in report["targets"].values())
 
 
 def report_modules(args: argparse.Namespace, report: dict) -> bool:
@@ -398,7 +398,10 @@ def report_pool(args: argparse.Namespace, report: dict) -> bool:
     report["targets"]["pooling fwd+bwd vs cumsum"] = {
         "ratio": cumsum["forward+backward"] / ours, "target": POOL_TARGET
     }  # fmt: skip
-    return max(pool["max_abs_diff_vs_scatter"].values()) < 1e-4
+    # the cumsum trick is the baseline, not ours: its running sums over ~500k points lose ~1e-4
+    # to cancellation (1.1e-4 on an H200), which says nothing about our methods
+    ours_diffs = [d for n, d in pool["max_abs_diff_vs_scatter"].items() if "cumsum" not in n]
+    return max(ours_diffs) < 1e-4
 
 
 SECTIONS = {

@@ -78,3 +78,45 @@ def test_help_and_usage_errors_come_before_any_work():
     with pytest.raises(SystemExit) as raised:
         main(["--repeats", "-1"])
     assert raised.value.code == 2
+
+
+def test_a_wrong_gradient_names_its_input_and_backends_narrow_the_check(monkeypatch, capsys):
+    run_backend = attention._run_backend
+
+    def wrong_table_gradient(name, qkv, table, *rest):  # the forward is unchanged
+        out = run_backend(name, qkv, table, *rest)
+        extra = 0.01 * table.sum()
+        return out + (extra - extra.detach()) if name == "sdpa" else out
+
+    monkeypatch.setattr(attention, "_run_backend", wrong_table_gradient)
+    args = ["--device", "cpu", "--quick", "--ops", "window_attention", "--skip-teacher"]
+    status = main([*args, "--skip-steps", "--backends", "sdpa"])
+    output = capsys.readouterr().out
+    assert status == 1
+    lines = [line for line in output.splitlines() if line.startswith(("  PASS", "  FAIL"))]
+    assert lines and all(" sdpa " in line for line in lines)  # nothing else was checked
+    assert "fwd 0.0e+00" not in lines[0]
+    failing = next(line for line in lines if "float32" in line)
+    assert "outside the tolerance; gradients: qkv " in failing
+    qkv_error, table_error = (
+        float(p.split()[1]) for p in failing.split("gradients: ")[1].split(", ")
+    )
+    assert qkv_error < 1e-4 < table_error
+
+
+def test_padding_tokens_outputs_are_not_compared(monkeypatch, capsys):
+    """A token in no group is padding: no caller reads its output, and fp16 cannot express the
+    reference's uniform row there, so the check leaves it out (forward and backward)."""
+    run_backend = attention._run_backend
+
+    def padding_rows_differ(name, qkv, table, index, mask):
+        out = run_backend(name, qkv, table, index, mask)
+        if name != "sdpa" or mask is None:
+            return out
+        padding = (mask.groups < 0).repeat(qkv.shape[0] // mask.groups.shape[0], 1)
+        return out.masked_fill(padding[..., None], 1e6)
+
+    monkeypatch.setattr(attention, "_run_backend", padding_rows_differ)
+    args = ["--device", "cpu", "--quick", "--ops", "window_attention", "--skip-teacher"]
+    assert main([*args, "--skip-steps", "--backends", "sdpa"]) == 0
+    assert "PASS sdpa" in capsys.readouterr().out

@@ -43,3 +43,21 @@ def test_the_dry_run_takes_every_step_and_brings_back_few_enough_files(tmp_path)
 def test_unknown_arguments_are_refused():
     run = subprocess.run(["bash", str(SCRIPT), "--fast"], capture_output=True, text=True)
     assert run.returncode == 2 and "usage" in run.stderr
+
+
+def test_a_partial_rerun_skips_steps_and_passes_check_arguments(tmp_path):
+    env = {
+        **os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "DEADLINE_S": "300",
+        "SKIP": " ".join(s for s in STEPS if s not in ("install", "check")),
+        "CHECK_ARGS": "--backends reference --skip-steps --ops row_attention",
+    }  # fmt: skip
+    run = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run"], env=env, capture_output=True, text=True, timeout=600
+    )
+    log = (tmp_path / "gpu.log").read_text()
+    assert run.returncode == 0, run.stdout + run.stderr + log[-4000:]
+    assert "\ngeomim " in log  # the install step's function ran (through bash -c)
+    steps = {s["step"]: s for s in json.loads((tmp_path / "steps.json").read_text())["steps"]}
+    assert [n for n, s in steps.items() if s.get("note") == "skipped (SKIP)"] == STEPS[2:]
+    results = json.loads((tmp_path / "check.json").read_text())["results"]
+    assert {(r["op"], r["backend"]) for r in results} == {("row_attention", "reference")}

@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 OPS = ("window_attention", "row_attention", "splat", "bev_pool")
+BACKEND_NAMES = ("triton", "flex", "chunked", "sdpa", "sparse", "index_add", "reference")
 EPILOG = """\
 examples:
   python -m geomim.check                      # every check on CUDA if there is a GPU, else CPU
   python -m geomim.check --device cpu --quick # tiny shapes, under a minute on 2 CPU cores
   python -m geomim.check --ops window_attention --json check.json
+  python -m geomim.check --backends triton    # only our Triton kernels (and the steps)
 
 Exit status 0 when everything checked passed, 1 when something failed (each failure is named
 with its op / backend / dtype, with the GEOMIM_KERNELS setting that avoids it), 2 on bad usage.
@@ -37,6 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "CPU with TRITON_INTERPRET=1); real geomim_base shapes otherwise",
     )  # fmt: skip
     parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="ops to check")
+    parser.add_argument(
+        "--backends", nargs="+", choices=BACKEND_NAMES, metavar="NAME",
+        help=f"backends to check, where an op has them (default: every usable one; "
+        f"{', '.join(BACKEND_NAMES)})",
+    )  # fmt: skip
     parser.add_argument("--skip-teacher", action="store_true", help="no sparse-encoder check")
     parser.add_argument("--skip-steps", action="store_true", help="no pretraining-step check")
     parser.add_argument(
@@ -67,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         device=device,
         quick=args.quick,
         ops=tuple(args.ops),
+        backends=None if args.backends is None else tuple(args.backends),
         teacher=not args.skip_teacher,
         steps=not args.skip_steps,
         repeats=(0 if args.quick else 3) if args.repeats is None else args.repeats,

@@ -3,7 +3,9 @@
 The reference is the op's "reference" backend in fp32 on the same inputs (rounded to the
 checked dtype first, so only the computation's precision is measured). Errors are relative to
 the output's scale: max |ours - reference| / max |reference|, for the output (forward) and for
-the gradient of every differentiable input under one fixed random cotangent (backward).
+the gradient of every differentiable input under one fixed random cotangent (backward; the
+worst input is named). Output rows a case leaves unspecified (padding tokens) are compared
+nowhere: their cotangent is zero and their forward values are not read.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class Result:
     shape: str
     status: str  # "pass", "fail" or "skip"
     forward_error: float | None = None
-    backward_error: float | None = None
+    backward_error: float | None = None  # the worst of `backward_errors`
+    backward_errors: dict[str, float] | None = None  # per differentiable input
     tolerance: float | None = None
     forward_ms: float | None = None
     training_ms: float | None = None  # forward + backward
@@ -59,6 +62,8 @@ def reference_of(case: OpCase, dtype: torch.dtype) -> Reference:
     output = case.call(leaves, "reference").float()
     generator = torch.Generator().manual_seed(3)
     cotangent = torch.randn(output.shape, generator=generator).to(output.device)
+    if case.defined is not None:
+        cotangent = cotangent * _rows(case.defined, cotangent)
     wanted = [leaves[name] for name in case.differentiable]
     gradients = torch.autograd.grad((output * cotangent).sum(), wanted)
     return Reference(
@@ -80,15 +85,16 @@ def check_backend(
     try:
         leaves = _leaves(inputs, case.differentiable if backward else ())
         output = case.call(leaves, backend)
-        result.forward_error = relative_error(output, reference.output)
+        result.forward_error = relative_error(*_defined(case, output, reference.output))
         if backward:
             wanted = [leaves[name] for name in case.differentiable]
             loss = (output.float() * reference.cotangent).sum()
             gradients = torch.autograd.grad(loss, wanted)
-            result.backward_error = max(
-                relative_error(ours, reference.gradients[name])
+            result.backward_errors = {
+                name: relative_error(ours, reference.gradients[name])
                 for name, ours in zip(case.differentiable, gradients, strict=True)
-            )
+            }
+            result.backward_error = max(result.backward_errors.values(), key=_nan_first)
         if repeats:  # 0: errors only (--quick: times at tiny sizes mean nothing)
             result.forward_ms = 1e3 * median_seconds(
                 lambda: _forward(case, inputs, backend), repeats
@@ -108,6 +114,10 @@ def check_backend(
         result.note = "outside the tolerance" + (
             "" if all(map(math.isfinite, errors)) else " (NaN)"
         )
+        if len(result.backward_errors or {}) > 1:  # which input's gradient is off
+            result.note += "; gradients: " + ", ".join(
+                f"{name} {error:.1e}" for name, error in result.backward_errors.items()
+            )
     elif not backward:
         result.note = "forward only"
     return result
@@ -121,6 +131,22 @@ def relative_error(ours: Tensor, reference: Tensor) -> float:
     if not math.isfinite(difference) or not torch.isfinite(ours).all():
         return math.nan
     return difference / max(reference.abs().max().item(), 1e-30)
+
+
+def _defined(case: OpCase, ours: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
+    """The output rows the case specifies (all of them unless it says otherwise)."""
+    if case.defined is None or ours.shape != reference.shape:
+        return ours, reference
+    return ours[case.defined], reference[case.defined]
+
+
+def _rows(defined: Tensor, like: Tensor) -> Tensor:
+    """`defined` as 0/1 broadcastable over `like` (trailing dims added)."""
+    return defined.reshape(*defined.shape, *[1] * (like.ndim - defined.ndim)).to(like.dtype)
+
+
+def _nan_first(error: float) -> float:
+    return math.inf if math.isnan(error) else error
 
 
 def median_seconds(run: Callable[[], object], repeats: int) -> float:

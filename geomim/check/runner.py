@@ -28,9 +28,14 @@ class CheckOptions:
     device: torch.device
     quick: bool = False
     ops: tuple[str, ...] = OPS
+    backends: tuple[str, ...] | None = None  # None: every usable one
     teacher: bool = True
     steps: bool = True
     repeats: int = 3
+
+    def wants(self, backend: str) -> bool:
+        """Whether `backend` is among those to check."""
+        return self.backends is None or backend in self.backends
 
 
 def run_check(options: CheckOptions, say: Callable[[str], None] = print) -> dict:
@@ -45,6 +50,8 @@ def run_check(options: CheckOptions, say: Callable[[str], None] = print) -> dict
         say(f"\n{case.op} [{dtype_name(dtype)}]: {case.shape}{note}")
         reference = reference_of(case, dtype)
         for backend in usable_backends(case.op, device):
+            if not options.wants(backend):
+                continue
             result = _check_one(case, backend, dtype, reference, options)
             results.append(result)
             say(format_result(result))
@@ -54,7 +61,10 @@ def run_check(options: CheckOptions, say: Callable[[str], None] = print) -> dict
         say(format_result(results[-1]))
     if options.steps:
         say("\none tiny pretraining step per backend against every op on its reference")
-        backends = {op: training_backends(op, device, options.quick) for op in BACKENDS}
+        backends = {
+            op: tuple(b for b in training_backends(op, device, options.quick) if options.wants(b))
+            for op in BACKENDS
+        }
         for result in check_pretraining_steps(device, options.quick, backends):
             results.append(result)
             say(format_result(result))

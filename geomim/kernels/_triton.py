@@ -82,8 +82,13 @@ def _jit_group(functions: tuple[Callable, ...], interpret: bool) -> types.Simple
         "tl": triton.language,
     }
     for function in functions:  # each copy sees this namespace, so helpers resolve per mode
-        copy = types.FunctionType(function.__code__, namespace, function.__name__)
+        copy = types.FunctionType(
+            function.__code__, namespace, function.__name__, function.__defaults__
+        )
         copy.__module__ = function.__module__
+        # Triton reads `tl.constexpr` from the annotations; a bare copy has none, and the
+        # interpreter (which ignores them) would not notice
+        copy.__annotations__ = dict(function.__annotations__)
         namespace[function.__name__] = triton.jit(copy)
     return types.SimpleNamespace(**{f.__name__: namespace[f.__name__] for f in functions})
 

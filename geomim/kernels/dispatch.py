@@ -37,9 +37,12 @@ CPU_DEFAULTS = {
     "splat": "sparse",
     "row_attention": "sdpa",
 }
-# PyTorch-maintained until a GPU run of geomim.check and benchmarks/kernels.py says otherwise
+# PyTorch-maintained until a GPU run of geomim.check and benchmarks/kernels.py says otherwise.
+# window_attention: the explicit formulation, because on an H200 (torch 2.11, CUDA 13) SDPA's
+# and FlexAttention's gradients of the relative-bias table failed geomim.check (SDPA's bf16
+# gradient NaN, which stopped the first bf16 pretraining step); their forwards passed.
 CUDA_DEFAULTS = {
-    "window_attention": "sdpa",
+    "window_attention": "reference",
     "bev_pool": "index_add",
     "splat": "sparse",
     "row_attention": "sdpa",
@@ -108,9 +111,11 @@ def backend_failures(op: str, name: str, device: torch.device) -> Iterator[None]
         raise
     except Exception as error:
         others = [b for b in usable_backends(op, device) if b != name]
+        default = default_backend(op, device)
+        suggested = default if default != name else (others[0] if others else "?")
         raise KernelBackendError(
             f"{op}: backend {name!r} failed on {device} ({type(error).__name__}: {error}). "
-            f"Pin another backend with {ENVIRONMENT_VARIABLE}={op}={others[0] if others else '?'} "
+            f"Pin another backend with {ENVIRONMENT_VARIABLE}={op}={suggested} "
             f"(usable here: {', '.join(others)}) and run `python -m geomim.check --device "
             f"{device.type}` to see which backends work on this machine"
         ) from error

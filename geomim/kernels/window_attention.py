@@ -172,12 +172,13 @@ def _flex(
 
     else:
         groups, windows = mask.groups.int(), mask.groups.shape[0]
+        never = max(NEVER, torch.finfo(q.dtype).min)  # fp16's scores cannot hold -1e30
 
         def score_mod(score, b, h, query, key):
             window = b % windows
             same = groups[window, query] == groups[window, key]
             allowed = same & (groups[window, query] >= 0)
-            return torch.where(allowed, score + table[index[query, key], h], NEVER)
+            return torch.where(allowed, score + table[index[query, key], h], never)
 
         if q.is_cuda if block_sparse is None else block_sparse:
             block_mask = _group_block_mask(groups, q.shape[0], q.shape[2])

@@ -9,6 +9,8 @@ def compile_for_gpu(
     kernel, pointer_types: dict[str, str], constexprs: dict[str, object], arch: int = 90
 ) -> None:
     """Compile `kernel` (jitted, compiled mode) to a cubin for sm_`arch`; skip without a backend.
+    First, the kernel as jitted must declare exactly `constexprs` as `tl.constexpr` (a launch
+    would otherwise hand them over as runtime arguments, which a str or `tl.arange` bound refuses).
 
     Arguments named `*_ptr` are pointers (`pointer_types[name]`, "*fp32" unless given), `scale`
     is a float, the other non-constexpr arguments int32 scalars.
@@ -18,6 +20,11 @@ def compile_for_gpu(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    declared = {param.name for param in kernel.params if param.is_constexpr}
+    assert declared == set(constexprs), (  # a launch passes constexprs by these names
+        f"{kernel.fn.__name__} declares constexpr {sorted(declared)}, the launch passes "
+        f"{sorted(constexprs)}"
+    )
     if "nvidia" not in backends:
         pytest.skip("this Triton has no CUDA backend")
     signature = {}
