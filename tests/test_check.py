@@ -120,3 +120,28 @@ def test_padding_tokens_outputs_are_not_compared(monkeypatch, capsys):
     args = ["--device", "cpu", "--quick", "--ops", "window_attention", "--skip-teacher"]
     assert main([*args, "--skip-steps", "--backends", "sdpa"]) == 0
     assert "PASS sdpa" in capsys.readouterr().out
+
+
+def test_a_bf16_step_that_goes_nan_fails_the_check(monkeypatch):
+    """On CUDA the check also takes each step in bf16 (as train.precision=bf16): an op whose
+    bf16 gradients are NaN (as SDPA's window attention on an H200) must fail it, by name."""
+    from geomim.check.system import STEP_OPS, check_pretraining_steps
+
+    run_backend = attention._run_backend
+
+    def nan_in_bf16(name, qkv, *rest):
+        out = run_backend(name, qkv, *rest)
+        poison = qkv.dtype == torch.bfloat16 and name == "sdpa"
+        return out + (qkv.sum() * float("nan") if poison else 0)
+
+    monkeypatch.setattr(attention, "_run_backend", nan_in_bf16)
+    backends = {op: ("sdpa",) if op == "window_attention" else () for op in STEP_OPS}
+    results = check_pretraining_steps(
+        torch.device("cpu"), True, backends, (torch.float32, torch.bfloat16)
+    )
+    status = {(r.backend, r.dtype): r.status for r in results}
+    assert status == {
+        ("window_attention=sdpa", "float32"): "pass",
+        ("reference", "bfloat16"): "pass",
+        ("window_attention=sdpa", "bfloat16"): "fail",
+    }

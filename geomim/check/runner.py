@@ -60,12 +60,13 @@ def run_check(options: CheckOptions, say: Callable[[str], None] = print) -> dict
         results.append(check_teacher(device, options.quick, options.repeats))
         say(format_result(results[-1]))
     if options.steps:
-        say("\none tiny pretraining step per backend against every op on its reference")
+        say("\none tiny pretraining step per backend against the references (bf16 too on CUDA)")
         backends = {
             op: tuple(b for b in training_backends(op, device, options.quick) if options.wants(b))
             for op in BACKENDS
         }
-        for result in check_pretraining_steps(device, options.quick, backends):
+        dtypes = (torch.float32, torch.bfloat16) if device.type == "cuda" else (torch.float32,)
+        for result in check_pretraining_steps(device, options.quick, backends, dtypes):
             results.append(result)
             say(format_result(result))
     failures = [r for r in results if r.status == "fail"]

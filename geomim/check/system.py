@@ -26,6 +26,7 @@ from geomim.pretrain.view_transform import ViewTransformConfig
 
 STEP_OPS = ("window_attention", "row_attention", "splat")  # what the pretrainer calls
 STEP_TOLERANCE = 1e-4  # relative, on the loss and on the gradient norm (fp32)
+BF16_STEP_TOLERANCE = 5e-2  # the same under bf16 autocast, against the fp32 step
 TEACHER_TOLERANCE = 1e-3  # relative, device vs CPU (cuDNN-free sparse GEMMs, other orders)
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -109,33 +110,44 @@ def check_teacher(device: torch.device, quick: bool, repeats: int) -> Result:
     return result
 
 
-def check_pretraining_steps(device: torch.device, quick: bool, backends: dict) -> list[Result]:
+def check_pretraining_steps(
+    device: torch.device,
+    quick: bool,
+    backends: dict,
+    dtypes: tuple[torch.dtype, ...] = (torch.float32,),
+) -> list[Result]:
     """One forward + backward of a tiny pretrainer per backend of each op it calls, the others on
-    their defaults, against the same step with every op on its reference (fp32)."""
+    their defaults, against the same step with every op on its reference in fp32; in bf16
+    (autocast, as `train.precision=bf16`) the all-reference step is checked too, within
+    `BF16_STEP_TOLERANCE` of fp32 (a NaN or inf anywhere fails)."""
     config = tiny_pretrain_config((64, 176) if quick else (128, 352))
     batch = rig_batch(1, config.view_transform.image_size, num_points=20_000).to(device)
     height, width = config.view_transform.image_size
     generator = torch.Generator().manual_seed(5)
     masks = complementary_masks((-(-height // 32), -(-width // 32)), generator=generator)
+    masks = masks.to(device)
     torch.manual_seed(0)
     model = GeoMIMPretrainer(config, HistogramTeacher(8, 32, 51.2)).to(device).train()
     shape = f"tiny pretrainer, 1 x 6 x 3 x {height} x {width}"
     try:
-        expected = _step(model, batch, masks.to(device), dict.fromkeys(STEP_OPS, "reference"))
+        expected = _step(model, batch, masks, dict.fromkeys(STEP_OPS, "reference"))
     except Exception as error:
         note = f"the all-reference step failed: {type(error).__name__}: {error}"
         return [Result("pretraining_step", "reference", "float32", shape, "fail", note=note)]
     results = []
-    for op in STEP_OPS:
-        for backend in backends[op]:
-            if backend == "reference":
-                continue
+    for dtype in dtypes:
+        tolerance = STEP_TOLERANCE if dtype == torch.float32 else BF16_STEP_TOLERANCE
+        runs = [("reference", dict.fromkeys(STEP_OPS, "reference"))] * (dtype != torch.float32)
+        runs += [
+            (f"{op}={b}", {op: b}) for op in STEP_OPS for b in backends[op] if b != "reference"
+        ]
+        for name, chosen in runs:
             result = Result(
-                "pretraining_step", f"{op}={backend}", "float32", shape, "pass",
-                tolerance=STEP_TOLERANCE,
+                "pretraining_step", name, str(dtype).removeprefix("torch."), shape, "pass",
+                tolerance=tolerance,
             )  # fmt: skip
             try:
-                loss, norm = _step(model, batch, masks.to(device), {op: backend})
+                loss, norm = _step(model, batch, masks, chosen, dtype)
             except torch.OutOfMemoryError:
                 raise
             except Exception as error:
@@ -144,7 +156,7 @@ def check_pretraining_steps(device: torch.device, quick: bool, backends: dict) -
                 continue
             result.forward_error = abs(loss - expected[0]) / abs(expected[0])
             result.backward_error = abs(norm - expected[1]) / expected[1]
-            if not max(result.forward_error, result.backward_error) <= STEP_TOLERANCE:
+            if not all(e <= tolerance for e in (result.forward_error, result.backward_error)):
                 result.status, result.note = "fail", "loss or gradient norm outside the tolerance"
             else:
                 result.note = f"loss {loss:.6f}, gradient norm {norm:.4f}"
@@ -179,13 +191,18 @@ def tiny_pretrain_config(image_size: tuple[int, int]) -> PretrainConfig:
     )  # fmt: skip
 
 
-def _step(model, batch, masks, chosen: dict[str, str]) -> tuple[float, float]:
-    """Loss and global gradient norm of one step with `chosen` backends; restores the setting."""
+def _step(
+    model, batch, masks, chosen: dict[str, str], dtype: torch.dtype = torch.float32
+) -> tuple[float, float]:
+    """Loss and global gradient norm of one step with `chosen` backends, under autocast to
+    `dtype` unless fp32; restores the backend setting."""
     for op, backend in chosen.items():
         set_backend(op, backend)
     try:
         model.zero_grad(set_to_none=True)
-        loss = model(batch, masks).losses["total"]
+        device_type = masks.device.type
+        with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = model(batch, masks).losses["total"]
         loss.backward()
         grads = [p.grad.float().norm() for p in model.parameters() if p.grad is not None]
         return loss.item(), torch.stack(grads).norm().item()
