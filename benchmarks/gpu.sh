@@ -9,7 +9,7 @@
 #   install       the project (no index: the machine has torch, timm, ... already), plus any
 #                 wheels carried in .whl/ (e.g. an spconv-cuXXX build for the teacher check)
 #   check         python -m geomim.check --device cuda --json     (every kernel vs its reference)
-#   tests         python -m pytest -q -k "cuda or gpu"             (the CUDA tests)
+#   tests         python -m pytest -q -k "cuda or gpu" tests/kernels (the CUDA tests)
 #   kernels-fp32  benchmarks/kernels.py                            (TFLOP/s, GB/s vs the peaks)
 #   pretrain      benchmarks/pretrain_cuda.py                      (base step bf16, batch 1..max)
 #   backbone      benchmarks/backbone.py --device cuda --batch 4   (images/s fp32/tf32/bf16)
@@ -94,7 +94,8 @@ if ((DRY_RUN)); then
     run install 60 bash -c "$INSTALL"
     run check 120 "$PYTHON" -m geomim.check --device cpu --quick --skip-teacher \
         --json "$OUT/check.json" "${CHECK_ARGS[@]}"
-    run tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider --collect-only -k "cuda or gpu" tests
+    run tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider --collect-only -k "cuda or gpu" \
+        tests/kernels
     run kernels-fp32 120 "$PYTHON" benchmarks/kernels.py --device cpu --quick --skip-flex \
         --repeats 1 --warmup 0 --out "$OUT/kernels-fp32.json" "${KERNELS_ARGS[@]}"
     run pretrain 180 "$PYTHON" benchmarks/pretrain_cuda.py --device cpu --size tiny \
@@ -113,7 +114,7 @@ else
     run check 200 "$PYTHON" -m geomim.check --device cuda --json "$OUT/check.json" \
         "${CHECK_ARGS[@]}"
     run tests 90 "$PYTHON" -m pytest -q -p no:cacheprovider --continue-on-collection-errors \
-        -k "cuda or gpu" tests
+        -k "cuda or gpu" tests/kernels
     run kernels-fp32 90 "$PYTHON" benchmarks/kernels.py --device cuda --out "$OUT/kernels-fp32.json" \
         "${KERNELS_ARGS[@]}"
     run pretrain 120 "$PYTHON" benchmarks/pretrain_cuda.py --device cuda --out "$OUT/pretrain.json"

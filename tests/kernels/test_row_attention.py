@@ -12,7 +12,7 @@ import torch
 
 from geomim.kernels import last_backend, set_backend
 from geomim.kernels import triton_row_attention as module
-from geomim.kernels.dispatch import choose_backend
+from geomim.kernels.dispatch import choose_backend, default_backend
 from geomim.kernels.row_attention import reference_row_attention, row_attention
 from tests.kernels.triton_compile import compile_for_gpu
 
@@ -212,7 +212,7 @@ def test_gpu_matches_reference_at_the_decoder_size(mask, dtype):
 
 @cuda
 @pytest.mark.usefixtures("compiled")
-def test_triton_is_the_cuda_default(monkeypatch):
+def test_cuda_calls_run_the_cuda_default(monkeypatch):
     monkeypatch.delenv("GEOMIM_KERNELS", raising=False)
     row_attention(torch.randn(1, 2, 1, 3, 3, 1, 16, device="cuda"))
-    assert last_backend("row_attention") == "triton"
+    assert last_backend("row_attention") == default_backend("row_attention", "cuda") == "sdpa"
