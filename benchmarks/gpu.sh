@@ -98,8 +98,11 @@ if ((DRY_RUN)); then
         tests/kernels
     run kernels-fp32 120 "$PYTHON" benchmarks/kernels.py --device cpu --quick --skip-flex \
         --repeats 1 --warmup 0 --out "$OUT/kernels-fp32.json" "${KERNELS_ARGS[@]}"
+    # bf16 as on the GPU where this CPU has it natively (emulated bf16 is ~100x slower)
+    PRECISION=$("$PYTHON" -c "from geomim.check.system import native_cpu_bf16 as n; \
+print('bf16' if n() else 'fp32')")
     run pretrain 180 "$PYTHON" benchmarks/pretrain_cuda.py --device cpu --size tiny \
-        --max-batch 2 --repeats 1 --warmup 0 --points 5000 --out "$OUT/pretrain.json"
+        --precision "$PRECISION" --max-batch 2 --repeats 1 --warmup 0 --points 5000 --out "$OUT/pretrain.json"
     run backbone 120 "$PYTHON" benchmarks/backbone.py --device cpu --model geomim_test \
         --height 64 --width 176 --repeats 1 --warmup 0 --skip-bf16 --out "$OUT/backbone.json"
     run nccl 180 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node=1 \

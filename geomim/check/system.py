@@ -56,7 +56,10 @@ def environment(device: torch.device) -> dict[str, str]:
 
 
 def native_cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (elsewhere it is emulated, ~100x slower)."""
+    """Whether this CPU multiplies bf16 natively (elsewhere it is emulated, ~100x slower): its
+    flags say so and ATen runs its AVX-512 kernels (not under ATEN_CPU_CAPABILITY=avx2)."""
+    if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "NO AVX", "AVX2"):
+        return False
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
