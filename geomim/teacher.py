@@ -19,26 +19,29 @@ from pathlib import Path
 import torch
 
 from geomim.data.nuscenes import NuScenesMultiView
-from geomim.pretrain.teacher import HistogramTeacher, Teacher
 from geomim.pretrain.teacher_cache import DTYPES, points_source, write_teacher_cache
+from geomim.training.teacher_factory import (
+    HistogramTeacherSpec,
+    LiDARTeacherSpec,
+    TeacherSpec,
+    build_teacher,
+)
 
 
-def build_cli_teacher(kind: str, checkpoint: Path | None) -> Teacher:
-    """The teacher `--teacher` names: the LiDAR teacher from a checkpoint, or the stand-in."""
+def teacher_spec(kind: str, checkpoint: Path | None) -> TeacherSpec:
+    """The spec `--teacher` and `--checkpoint` name (built by the trainer's `build_teacher`)."""
     if kind == "histogram":
-        return HistogramTeacher()
+        return HistogramTeacherSpec()
     if checkpoint is None:
         raise SystemExit("--teacher lidar needs --checkpoint (BEVFusion's lidar-only-det.pth)")
-    from geomim.lidar import LiDARTeacher  # needs spconv: pip install "geomim[lidar]"
-
-    return LiDARTeacher.from_checkpoint(checkpoint)
+    return LiDARTeacherSpec(checkpoint=str(checkpoint))
 
 
 def cache(args: argparse.Namespace) -> Path:
     """Run the `cache` subcommand; returns the cache folder."""
     if not args.dataroot.is_dir():
         raise SystemExit(f"dataset folder {args.dataroot} does not exist")
-    teacher = build_cli_teacher(args.teacher, args.checkpoint)
+    teacher = build_teacher(teacher_spec(args.teacher, args.checkpoint))
     split = None if args.split in ("None", "all") else args.split
     dataset = NuScenesMultiView(args.dataroot, args.version, split=split, train=False)
     tokens = [str(token) for token in dataset.index.tokens]
