@@ -85,6 +85,8 @@ class LoopConfig:
     compile: bool = False  # torch.compile the camera branch and the view transform
     fsdp: bool = False  # FSDP2 `fully_shard` instead of DistributedDataParallel
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # the same run twice, bit for bit, on one machine with the same thread count (slower ops)
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         _at_least(self, epochs=1, batch_size=1, micro_batch=1, seed=0)

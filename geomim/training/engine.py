@@ -47,6 +47,7 @@ from geomim.training.config import (
     dump_config,
 )
 from geomim.training.data import ResumableSampler, build_dataset, build_loader
+from geomim.training.determinism import deterministic
 from geomim.training.distributed import (
     DistributedContext,
     StopRequest,
@@ -210,6 +211,17 @@ def train(
     """Run (or resume) the training a config describes; returns the last metrics record.
     `fresh`: discard an earlier run in the run folder first. `stop`: once set (on any rank), the
     run ends at the next step boundary with a checkpoint, raising `TrainingStopped`."""
+    with deterministic(config.train.deterministic):
+        return _train(config, context, resume, fresh, stop)
+
+
+def _train(
+    config: TrainConfig,
+    context: DistributedContext,
+    resume: Path | None,
+    fresh: bool,
+    stop: StopRequest | None,
+) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
     dataset = build_dataset(config) if context.is_main else None
     barrier()  # rank 0 has written the data index cache
