@@ -26,8 +26,8 @@ from geomim.checkpoints import (
     unwrap_state_dict,
     write_atomic,
 )
-from geomim.models.swin import ARCHITECTURES
-from geomim.models.swin_convert import BackboneSplit, checkpoint_filter_fn, split_backbone
+from geomim.models.swin_architectures import ARCHITECTURES
+from geomim.models.swin_convert import BackboneSplit, split_backbone, swin_checkpoint_filter_fn
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -40,16 +40,16 @@ def convert_official(
 
     Raises `CheckpointError` listing every missing or unexpected key, or the wrong shapes.
     """
-    return convert_checkpoint(src, variant)[0]
+    return convert_swin_checkpoint(src, variant)[0]
 
 
-def convert_checkpoint(
+def convert_swin_checkpoint(
     src: str | os.PathLike | Mapping[str, Tensor], variant: str
 ) -> tuple[dict[str, Tensor], BackboneSplit]:
     """`convert_official`, and where the camera backbone was in the checkpoint and what else it
     held (a detector's neck, view transform and heads; a pretraining decoder), left aside."""
     state_dict = unwrap_state_dict(src) if isinstance(src, Mapping) else read_checkpoint(src)
-    return checkpoint_filter_fn(state_dict, _meta_model(variant)), split_backbone(state_dict)
+    return swin_checkpoint_filter_fn(state_dict, _meta_model(variant)), split_backbone(state_dict)
 
 
 def write_hub_folder(
@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "convert":
-        state_dict, split = convert_checkpoint(args.src, args.variant)
+        state_dict, split = convert_swin_checkpoint(args.src, args.variant)
         print(split.summary())
         folder = write_hub_folder(state_dict, args.variant, args.out_dir, Path(args.src).name)
         print(f"wrote {len(state_dict)} tensors for {args.variant} to {folder}")

@@ -10,7 +10,8 @@ from geomim.lidar.voxelize import VoxelBatch, VoxelConfig, Voxels, hard_voxelize
 # the conversion is imported on first use: `python -m geomim.lidar.convert` runs that module as
 # __main__, and importing it here first would make runpy warn about the double import
 _CONVERSION = (
-    "ConversionReport", "convert_checkpoint", "lidar_checkpoint_filter_fn", "official_to_geomim"
+    "ConversionReport", "convert_lidar_checkpoint", "lidar_checkpoint_filter_fn",
+    "official_lidar_to_geomim",
 )  # fmt: skip
 
 
@@ -31,9 +32,9 @@ __all__ = [
     "VoxelBatch",
     "VoxelConfig",
     "Voxels",
-    "convert_checkpoint",
+    "convert_lidar_checkpoint",
     "hard_voxelize",
     "lidar_checkpoint_filter_fn",
-    "official_to_geomim",
+    "official_lidar_to_geomim",
     "voxelize",
 ]

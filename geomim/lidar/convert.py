@@ -70,7 +70,9 @@ class ConversionReport:
         )
 
 
-def official_to_geomim(state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], ConversionReport]:
+def official_lidar_to_geomim(
+    state_dict: dict[str, Tensor],
+) -> tuple[dict[str, Tensor], ConversionReport]:
     """Select the LiDAR encoder of any accepted form, rename it and permute its conv weights."""
     state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
     if any(key.startswith(OFFICIAL_PREFIX) for key in state_dict):
@@ -100,17 +102,17 @@ def lidar_checkpoint_filter_fn(
     state_dict: dict[str, Tensor], model: nn.Module
 ) -> dict[str, Tensor]:
     """Any accepted form fitted to a `SparseEncoder` with every key accounted for, or raise."""
-    converted, _ = official_to_geomim(state_dict)
+    converted, _ = official_lidar_to_geomim(state_dict)
     return fit_to_model(converted, model, "LiDAR sparse encoder")
 
 
-def convert_checkpoint(
+def convert_lidar_checkpoint(
     source: str | os.PathLike,
     target: str | os.PathLike,
     config: SparseEncoderConfig | None = None,
 ) -> ConversionReport:
     """Convert an official LiDAR checkpoint to our safetensors (checked against the encoder)."""
-    converted, report = official_to_geomim(read_checkpoint(source))
+    converted, report = official_lidar_to_geomim(read_checkpoint(source))
     fitted = fit_to_model(converted, SparseEncoder(config), "LiDAR sparse encoder")
     save_safetensors_atomic(fitted, target, metadata={"format": "geomim-lidar-sparse-encoder"})
     return report
@@ -130,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("source", help="lidar-only-det.pth or an encoder state dict")
     parser.add_argument("target", help="output .safetensors")
     args = parser.parse_args(argv)
-    print(convert_checkpoint(args.source, args.target))
+    print(convert_lidar_checkpoint(args.source, args.target))
 
 
 if __name__ == "__main__":

@@ -69,9 +69,9 @@ class LiDARTeacher(Teacher):
     ) -> LiDARTeacher:
         """A teacher with the weights of an official or converted checkpoint; logs dropped keys."""
         teacher = cls(config)
-        from geomim.lidar.convert import official_to_geomim  # (keeps `python -m` of it clean)
+        from geomim.lidar.convert import official_lidar_to_geomim  # (keeps `python -m` of it clean)
 
-        converted, report = official_to_geomim(read_checkpoint(path))
+        converted, report = official_lidar_to_geomim(read_checkpoint(path))
         fitted = fit_to_model(converted, teacher.encoder, "LiDAR sparse encoder")
         teacher.encoder.load_state_dict(fitted, strict=True)
         teacher.checkpoint_report = report

@@ -3,12 +3,11 @@
 from geomim.models import cva_vit, swin
 from geomim.models.cva_vit import GeoMIMViT, geomim_vit_base, geomim_vit_large, geomim_vit_small
 from geomim.models.swin import GeoMIMSwin, geomim_base, geomim_large, geomim_test
-from geomim.models.swin_convert import checkpoint_filter_fn, official_to_geomim
+from geomim.models.swin_convert import official_swin_to_geomim, swin_checkpoint_filter_fn
 
 __all__ = [
     "GeoMIMSwin",
     "GeoMIMViT",
-    "checkpoint_filter_fn",
     "geomim_base",
     "geomim_large",
     "geomim_test",
@@ -16,7 +15,8 @@ __all__ = [
     "geomim_vit_large",
     "geomim_vit_small",
     "masked_encoder_kwargs",
-    "official_to_geomim",
+    "official_swin_to_geomim",
+    "swin_checkpoint_filter_fn",
 ]
 
 

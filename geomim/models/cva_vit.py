@@ -80,7 +80,7 @@ class GeoMIMViT(MultiViewBackbone):
 
     @staticmethod
     def checkpoint_filter(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-        return checkpoint_filter_fn(state_dict, model)
+        return cva_vit_checkpoint_filter_fn(state_dict, model)
 
     def __init__(
         self,
@@ -321,7 +321,9 @@ class GeoMIMViT(MultiViewBackbone):
 PYRAMID_KEYS = re.compile(r"^pyramid\.")
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+def cva_vit_checkpoint_filter_fn(
+    state_dict: dict[str, Tensor], model: nn.Module
+) -> dict[str, Tensor]:
     """A CVA-ViT state dict (optionally under `module.`) fitted to `model`, position embedding
     resized to the model's grid; missing or unexpected keys are an error that lists them.
 
@@ -396,7 +398,7 @@ def _create_geomim_vit(variant: str, pretrained: bool = False, **kwargs) -> GeoM
         GeoMIMViT,
         variant,
         pretrained,
-        filter_fn=checkpoint_filter_fn,
+        filter_fn=cva_vit_checkpoint_filter_fn,
         how_to_get_weights=WEIGHTS_HELP,
         default_out_indices=(0, 1, 2),
         **{**ARCHITECTURES[variant], **kwargs},

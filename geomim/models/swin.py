@@ -40,7 +40,8 @@ from geomim.models._factory import (
     create_backbone,
     init_linear_weights,
 )
-from geomim.models.swin_convert import checkpoint_filter_fn
+from geomim.models.swin_architectures import ARCHITECTURES
+from geomim.models.swin_convert import swin_checkpoint_filter_fn
 
 # The stages `forward_masked` returns (strides 16 and 32), as the official pretraining encoder.
 MASKED_STAGES = (2, 3)
@@ -106,7 +107,7 @@ class GeoMIMSwin(MultiViewBackbone):
     LayerNorm'd outputs at stages 2 and 3, numerically identical to the official GeoMIM backbone.
     """
 
-    checkpoint_filter = staticmethod(checkpoint_filter_fn)  # official or geomim weights
+    checkpoint_filter = staticmethod(swin_checkpoint_filter_fn)  # official or geomim weights
 
     def __init__(
         self,
@@ -390,12 +391,6 @@ def _cva_positions(depth: int, every: int | None) -> list[int]:
 # --------------------------------------------------------------------------------- registry
 HF_HUB_ORG = "geomim"
 
-ARCHITECTURES: dict[str, dict] = {
-    "geomim_test": dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8)),
-    "geomim_base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
-    "geomim_large": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
-}
-
 
 def _cfg(variant: str, tag: str, input_size: tuple[int, int, int] = (3, 256, 704), **overrides):
     """Swin features leave at stride 32; any image of one 4 x 4 patch or more is accepted."""
@@ -443,7 +438,7 @@ def _create_geomim_swin(variant: str, pretrained: bool = False, **kwargs) -> Geo
         GeoMIMSwin,
         variant,
         pretrained,
-        filter_fn=checkpoint_filter_fn,
+        filter_fn=swin_checkpoint_filter_fn,
         how_to_get_weights=OFFICIAL_WEIGHTS_HELP,
         default_out_indices=(2, 3),
         **{**ARCHITECTURES[variant], **kwargs},

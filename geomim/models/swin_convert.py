@@ -1,4 +1,5 @@
-"""Official GeoMIM Swin checkpoints -> `GeoMIMSwin` state dicts (timm's `checkpoint_filter_fn`).
+"""Official GeoMIM Swin checkpoints -> `GeoMIMSwin` state dicts (`swin_checkpoint_filter_fn`,
+timm's `pretrained_filter_fn` for the Swin models).
 
 Accepted forms: the released backbone (`SwinTransformerBEVFT` keys), the pretraining checkpoint
 (`encoders.camera.backbone.` inside `state_dict`, decoder keys dropped), detector checkpoints
@@ -18,6 +19,7 @@ from timm.layers import resize_rel_pos_bias_table
 from torch import Tensor, nn
 
 from geomim.checkpoints import CheckpointError, fit_to_model
+from geomim.models.swin_architectures import ARCHITECTURES
 
 # Module names under which a whole model stores the camera backbone, wherever they sit in the
 # model (BEVDepth nests it: `model.backbone.img_backbone.`); the first one present is selected.
@@ -108,7 +110,7 @@ def _group(key: str, depth: int) -> str:
     return ".".join(names)
 
 
-def official_to_geomim(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+def official_swin_to_geomim(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Select the backbone's tensors from any official form and rename them to ours."""
     converted = {}
     for key, value in select_backbone(state_dict).items():
@@ -122,12 +124,12 @@ def official_to_geomim(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return converted
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+def swin_checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """Convert an official or geomim state dict to exactly `model`'s keys and shapes, or raise.
 
     The output norms a model builds depend on its `out_indices` (a classifier has only the last
     stage's): the checkpoint's norms of other stages are dropped (and logged)."""
-    converted = official_to_geomim(state_dict)
+    converted = official_swin_to_geomim(state_dict)
     _check_variant(converted, model.state_dict())
     return fit_to_model(
         converted,
@@ -173,8 +175,6 @@ def _resize_relative_table(key: str, table: Tensor, expected: Tensor) -> Tensor:
 
 def _check_variant(found: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
     """Name both variants when the checkpoint's embedding width is not the model's."""
-    from geomim.models.swin import ARCHITECTURES
-
     stem = "patch_embed.proj.weight"
     if stem not in found or found[stem].shape == expected[stem].shape:
         return

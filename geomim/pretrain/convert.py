@@ -10,7 +10,7 @@ from geomim.checkpoints import fit_to_model
 from geomim.models.swin_convert import (
     OFFICIAL_RENAMES,
     PRETRAIN_DECODER_KEYS,
-    official_to_geomim,
+    official_swin_to_geomim,
     select_backbone,
 )
 from geomim.pretrain.decoder import DecoderConfig
@@ -39,7 +39,7 @@ def official_pretrain_to_geomim(
     """Rename an official pretraining checkpoint (any wrapping) to `CameraBranch` keys."""
     config = config or DecoderConfig()
     state_dict = select_backbone(state_dict)
-    converted = {f"encoder.{k}": v for k, v in official_to_geomim(state_dict).items()}
+    converted = {f"encoder.{k}": v for k, v in official_swin_to_geomim(state_dict).items()}
     # The official cross-view blocks form one list: the semantic ones, then the geometry ones.
     cross_view = [f"semantic_cross_view.{i}." for i in config.semantic_cross_view]
     cross_view += [f"geometry_cross_view.{i}." for i in config.geometry_cross_view]

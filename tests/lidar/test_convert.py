@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from geomim.checkpoints import CheckpointError
 from geomim.lidar.convert import (
     OFFICIAL_PREFIX,
-    convert_checkpoint,
+    convert_lidar_checkpoint,
     lidar_checkpoint_filter_fn,
-    official_to_geomim,
+    official_lidar_to_geomim,
 )
 from geomim.lidar.sparse_encoder import SparseEncoder, SparseEncoderConfig
 from tests.helpers import FIXTURES, official_state_dict
@@ -50,7 +50,7 @@ def test_the_official_tiny_state_dict_loads_with_no_missing_or_unexpected_keys(o
 def test_the_full_size_key_list_converts_to_the_full_size_encoder():
     official = official_state_dict("official-keys-teacher.txt", prefix=OFFICIAL_PREFIX)
     checkpoint = bevfusion_checkpoint({})["state_dict"] | official
-    converted, report = official_to_geomim(checkpoint)
+    converted, report = official_lidar_to_geomim(checkpoint)
     model = SparseEncoder()
     model.load_state_dict(lidar_checkpoint_filter_fn(checkpoint, model), strict=True)
     assert len(converted) == report.kept == 126
@@ -59,7 +59,7 @@ def test_the_full_size_key_list_converts_to_the_full_size_encoder():
 
 
 def test_conv_weights_are_permuted_to_spconv2_without_a_flip(official):
-    converted, _ = official_to_geomim(official)
+    converted, _ = official_lidar_to_geomim(official)
     source = official["conv_out.0.weight"]  # (k0, k1, k2, in, out) = (1, 1, 3, 128, 128)
     target = converted["to_bev.conv.weight"]  # (out, k0, k1, k2, in)
     assert target.shape == (128, 1, 1, 3, 128)
@@ -70,7 +70,7 @@ def test_conv_weights_are_permuted_to_spconv2_without_a_flip(official):
 
 
 def test_official_names_map_to_ours_by_the_rename_table(official):
-    converted, _ = official_to_geomim(official)
+    converted, _ = official_lidar_to_geomim(official)
     renamed = {
         "conv_input.1.running_var": "stem.norm.running_var",
         "encoder_layers.encoder_layer1.0.bn1.weight": "stages.0.blocks.0.norm1.weight",
@@ -87,8 +87,8 @@ def test_official_names_map_to_ours_by_the_rename_table(official):
 
 
 def test_a_converted_state_dict_passes_through_unchanged(official):
-    converted, _ = official_to_geomim(official)
-    again, report = official_to_geomim(converted)
+    converted, _ = official_lidar_to_geomim(official)
+    again, report = official_lidar_to_geomim(converted)
     assert again.keys() == converted.keys() and report.dropped == {}
     assert all(torch.equal(again[key], converted[key]) for key in converted)
 
@@ -96,12 +96,12 @@ def test_a_converted_state_dict_passes_through_unchanged(official):
 def test_a_bevfusion_pth_converts_to_safetensors_that_load_back(official, tmp_path):
     source, target = tmp_path / "lidar-only-det.pth", tmp_path / "teacher.safetensors"
     torch.save(bevfusion_checkpoint(official), source)
-    report = convert_checkpoint(source, target, TINY)
+    report = convert_lidar_checkpoint(source, target, TINY)
     assert report.kept == 126 and sum(report.dropped.values()) == 4
     assert "dropped 4: decoder.backbone.* (2)" in str(report)
     model = SparseEncoder(TINY)
     model.load_state_dict(lidar_checkpoint_filter_fn(load_file(target), model), strict=True)
-    expected, _ = official_to_geomim(official)
+    expected, _ = official_lidar_to_geomim(official)
     assert all(torch.equal(model.state_dict()[key], expected[key]) for key in expected)
 
 

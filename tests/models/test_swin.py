@@ -8,7 +8,7 @@ import torch
 
 import geomim  # noqa: F401  (registers the models)
 from geomim.kernels import last_backend
-from geomim.models import GeoMIMSwin, checkpoint_filter_fn, masked_encoder_kwargs
+from geomim.models import GeoMIMSwin, masked_encoder_kwargs, swin_checkpoint_filter_fn
 from tests.helpers import official_state_dict
 
 ALL_STAGES = (0, 1, 2, 3)
@@ -17,7 +17,7 @@ ALL_STAGES = (0, 1, 2, 3)
 def official_test_model(swin_fixture, **kwargs) -> GeoMIMSwin:
     """geomim_test with the official fixture's weights, built to return every stage."""
     model = timm.create_model("geomim_test", out_indices=ALL_STAGES, **kwargs).eval()
-    model.load_state_dict(checkpoint_filter_fn(swin_fixture["state_dict"], model))
+    model.load_state_dict(swin_checkpoint_filter_fn(swin_fixture["state_dict"], model))
     return model
 
 
@@ -56,7 +56,7 @@ def test_fast_path_matches_reference_on_full_size_base():
     """geomim_base with an official-format checkpoint on 6x3x256x704: fast path == reference."""
     model = timm.create_model("geomim_base", out_indices=(2, 3)).eval()
     official = official_state_dict("official-keys-geomim_base.txt", seed=1)
-    model.load_state_dict(checkpoint_filter_fn(official, model))
+    model.load_state_dict(swin_checkpoint_filter_fn(official, model))
     images = torch.randn(6, 3, 256, 704, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         fast = model.forward_intermediates(images, indices=(2, 3), intermediates_only=True)

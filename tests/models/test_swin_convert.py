@@ -10,7 +10,7 @@ import torch
 
 import geomim  # noqa: F401
 from geomim.checkpoints import CheckpointError
-from geomim.models import checkpoint_filter_fn, official_to_geomim
+from geomim.models import official_swin_to_geomim, swin_checkpoint_filter_fn
 from tests.helpers import official_state_dict
 
 
@@ -23,7 +23,7 @@ def meta_model(variant: str, **kwargs) -> torch.nn.Module:
 def test_released_checkpoint_converts_key_for_key(variant):
     official = official_state_dict(f"official-keys-{variant}.txt")
     model = meta_model(variant, out_indices=(2, 3))  # the official outputs
-    converted = checkpoint_filter_fn(official, model)
+    converted = swin_checkpoint_filter_fn(official, model)
     expected = model.state_dict()
     assert converted.keys() == expected.keys()  # zero missing, zero unexpected
     assert all(converted[k].shape == expected[k].shape for k in expected)
@@ -41,9 +41,9 @@ def test_pretraining_checkpoint_drops_decoder_and_other_branches(variant, size):
         "encoders.lidar.backbone.conv_input.0.weight": torch.zeros(3, 3, 3, 5, 16),
         "heads.object.shared_conv.weight": torch.zeros(8, 8, 3, 3),
     }
-    converted = checkpoint_filter_fn(checkpoint, meta_model(variant, out_indices=(2, 3)))
+    converted = swin_checkpoint_filter_fn(checkpoint, meta_model(variant, out_indices=(2, 3)))
     released = official_state_dict(f"official-keys-{variant}.txt", seed=0)
-    assert converted.keys() == official_to_geomim(released).keys()
+    assert converted.keys() == official_swin_to_geomim(released).keys()
     # the encoder tensors are carried over unchanged
     torch.testing.assert_close(
         converted["stage_norms.3.weight"], camera["encoders.camera.backbone.norm3.weight"]
@@ -56,15 +56,15 @@ def test_detector_and_wrapper_prefixes_are_handled(swin_fixture, prefix):
     checkpoint = {prefix + k: v for k, v in official.items()}
     if "backbone" in prefix:  # the rest of a detector is left aside
         checkpoint["img_neck.lateral_convs.0.conv.weight"] = torch.zeros(4, 4, 1, 1)
-    converted = checkpoint_filter_fn(checkpoint, timm.create_model("geomim_test"))
-    reference = checkpoint_filter_fn(dict(official), timm.create_model("geomim_test"))
+    converted = swin_checkpoint_filter_fn(checkpoint, timm.create_model("geomim_test"))
+    reference = swin_checkpoint_filter_fn(dict(official), timm.create_model("geomim_test"))
     assert converted.keys() == reference.keys()
     for key in converted:
         torch.testing.assert_close(converted[key], reference[key])
 
 
 def test_official_names_map_to_ours(swin_fixture):
-    converted = official_to_geomim(swin_fixture["state_dict"])
+    converted = official_swin_to_geomim(swin_fixture["state_dict"])
     official = swin_fixture["state_dict"]
     pairs = {
         "patch_embed.projection.weight": "patch_embed.proj.weight",
@@ -76,21 +76,21 @@ def test_official_names_map_to_ours(swin_fixture):
     }
     for theirs, ours in pairs.items():
         assert converted[ours] is official[theirs]
-    assert official_to_geomim(converted).keys() == converted.keys()  # idempotent
+    assert official_swin_to_geomim(converted).keys() == converted.keys()  # idempotent
 
 
 def test_position_embedding_stored_as_tokens_is_accepted(swin_fixture):
     official = dict(swin_fixture["state_dict"])
     grid = official["absolute_pos_embed"]  # (1, C, 56, 56)
     official["absolute_pos_embed"] = grid.flatten(2).transpose(1, 2)  # (1, 3136, C)
-    converted = official_to_geomim(official)
+    converted = official_swin_to_geomim(official)
     torch.testing.assert_close(converted["absolute_pos_embed"], grid, atol=0, rtol=0)
 
     official["absolute_pos_embed"] = torch.zeros(1, 3000, 16)
     with pytest.raises(
         CheckpointError, match=r"absolute_pos_embed: expected .* got \(1, 3000, 16\)"
     ):
-        official_to_geomim(official)
+        official_swin_to_geomim(official)
 
 
 def test_relative_tables_of_another_window_are_resized(swin_fixture):
@@ -98,7 +98,7 @@ def test_relative_tables_of_another_window_are_resized(swin_fixture):
     key = "stages.0.blocks.0.attn.w_msa.relative_position_bias_table"
     official[key] = torch.randn(13 * 13, 1)  # made for window 7, the model has window 16
     model = timm.create_model("geomim_test")
-    converted = checkpoint_filter_fn(official, model)
+    converted = swin_checkpoint_filter_fn(official, model)
     resized = converted["stages.0.blocks.0.attn.relative_position_bias_table"]
     assert resized.shape == (31 * 31, 1)
     # the centre offset (0, 0) keeps its value
@@ -111,7 +111,7 @@ def test_missing_and_unexpected_keys_are_listed(swin_fixture):
     del official["stages.2.blocks.1.norm2.bias"]
     official["stages.9.blocks.0.extra.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError) as error:
-        checkpoint_filter_fn(official, timm.create_model("geomim_test"))
+        swin_checkpoint_filter_fn(official, timm.create_model("geomim_test"))
     message = str(error.value)
     assert "1 missing keys [stages.2.blocks.1.norm2.bias]" in message
     assert "1 unexpected keys [stages.9.blocks.0.extra.weight]" in message
@@ -120,9 +120,9 @@ def test_missing_and_unexpected_keys_are_listed(swin_fixture):
 def test_checkpoint_of_the_other_variant_is_named(swin_fixture):
     large = official_state_dict("official-keys-geomim_large.txt")
     with pytest.raises(CheckpointError, match=r"embed dim 192 \(geomim_large\).*geomim_base"):
-        checkpoint_filter_fn(large, meta_model("geomim_base"))
+        swin_checkpoint_filter_fn(large, meta_model("geomim_base"))
     with pytest.raises(CheckpointError, match="embed dim 16 \\(geomim_test\\)"):
-        checkpoint_filter_fn(swin_fixture["state_dict"], meta_model("geomim_base"))
+        swin_checkpoint_filter_fn(swin_fixture["state_dict"], meta_model("geomim_base"))
 
 
 def test_classifier_head_is_kept_when_loading_a_backbone(swin_fixture):
@@ -141,7 +141,7 @@ def test_classifier_head_is_kept_when_loading_a_backbone(swin_fixture):
 def test_output_norms_the_model_does_not_build_are_dropped_and_logged(swin_fixture, caplog):
     classifier = timm.create_model("geomim_test", num_classes=5)  # forward needs stage 3 only
     with caplog.at_level(logging.INFO, logger="geomim.checkpoints"):
-        converted = checkpoint_filter_fn(swin_fixture["state_dict"], classifier)
+        converted = swin_checkpoint_filter_fn(swin_fixture["state_dict"], classifier)
     assert converted.keys() == classifier.state_dict().keys()
     assert not any(key.startswith("stage_norms.2.") for key in converted)
     assert "dropped 2 checkpoint keys" in caplog.text
@@ -154,13 +154,13 @@ def test_output_norms_the_model_does_not_build_are_dropped_and_logged(swin_fixtu
 def test_norms_follow_out_indices_and_load_official_weights(swin_fixture, out_indices, norms):
     model = timm.create_model("geomim_test", out_indices=out_indices)
     assert list(model.stage_norms) == norms
-    model.load_state_dict(checkpoint_filter_fn(swin_fixture["state_dict"], model))
+    model.load_state_dict(swin_checkpoint_filter_fn(swin_fixture["state_dict"], model))
 
 
 def test_checkpoint_without_a_requested_output_norm_is_an_error(swin_fixture):
     official = {k: v for k, v in swin_fixture["state_dict"].items() if not k.startswith("norm2.")}
     with pytest.raises(CheckpointError, match=r"2 missing keys \[stage_norms\.2\.bias"):
-        checkpoint_filter_fn(official, timm.create_model("geomim_test", out_indices=(2, 3)))
+        swin_checkpoint_filter_fn(official, timm.create_model("geomim_test", out_indices=(2, 3)))
 
 
 def test_wrong_shapes_are_listed(swin_fixture):
@@ -169,7 +169,7 @@ def test_wrong_shapes_are_listed(swin_fixture):
     with pytest.raises(
         CheckpointError, match=r"stages.1.downsample.norm.weight: checkpoint \(7,\), model \(128,\)"
     ):
-        checkpoint_filter_fn(official, timm.create_model("geomim_test"))
+        swin_checkpoint_filter_fn(official, timm.create_model("geomim_test"))
 
 
 def test_integer_weights_are_refused_not_cast(swin_fixture):
@@ -181,4 +181,4 @@ def test_integer_weights_are_refused_not_cast(swin_fixture):
         CheckpointError,
         match=r"patch_embed\.proj\.weight: found torch\.int64, expected torch\.float32",
     ):
-        checkpoint_filter_fn(official, timm.create_model("geomim_test"))
+        swin_checkpoint_filter_fn(official, timm.create_model("geomim_test"))

@@ -10,7 +10,7 @@ import torch
 import geomim  # noqa: F401
 from geomim import hub
 from geomim.checkpoints import CheckpointError
-from geomim.models import checkpoint_filter_fn
+from geomim.models import swin_checkpoint_filter_fn
 from geomim.models.swin_convert import split_backbone
 from tests.helpers import official_state_dict
 
@@ -60,8 +60,8 @@ def detector_checkpoint(official: dict, detector: str) -> dict:
 def test_detector_checkpoints_give_the_released_backbones_weights(swin_fixture, detector):
     official = swin_fixture["state_dict"]
     model = timm.create_model("geomim_test")
-    reference = checkpoint_filter_fn(dict(official), model)
-    converted = checkpoint_filter_fn(detector_checkpoint(official, detector), model)
+    reference = swin_checkpoint_filter_fn(dict(official), model)
+    converted = swin_checkpoint_filter_fn(detector_checkpoint(official, detector), model)
     assert converted.keys() == reference.keys()
     assert all(torch.equal(converted[k], reference[k]) for k in reference)
 
@@ -92,9 +92,10 @@ def test_pretraining_decoder_is_reported_as_dropped():
 
 
 def test_a_detector_fine_tuned_with_geomims_adapter_converts(swin_fixture):
-    ours = checkpoint_filter_fn(dict(swin_fixture["state_dict"]), timm.create_model("geomim_test"))
+    model = timm.create_model("geomim_test")
+    ours = swin_checkpoint_filter_fn(dict(swin_fixture["state_dict"]), model)
     checkpoint = {f"img_backbone.model.{k}": v for k, v in ours.items()} | BEVDET_REST
-    converted = checkpoint_filter_fn(checkpoint, timm.create_model("geomim_test"))
+    converted = swin_checkpoint_filter_fn(checkpoint, timm.create_model("geomim_test"))
     assert all(torch.equal(converted[k], ours[k]) for k in ours)
 
 
