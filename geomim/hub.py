@@ -14,20 +14,15 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import timm
-import torch
-from timm.models._hub import save_config_for_hf
-from torch import Tensor
+from geomim.architectures import SWIN_ARCHITECTURES as ARCHITECTURES
 
-from geomim.checkpoints import (
-    read_checkpoint,
-    save_safetensors_atomic,
-    unwrap_state_dict,
-    write_atomic,
-)
-from geomim.models.swin_architectures import ARCHITECTURES
-from geomim.models.swin_convert import BackboneSplit, split_backbone, swin_checkpoint_filter_fn
+if TYPE_CHECKING:  # torch, timm and the converters load where used: `--help` answers at once
+    import torch
+    from torch import Tensor
+
+    from geomim.models.swin_convert import BackboneSplit
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -48,6 +43,9 @@ def convert_swin_checkpoint(
 ) -> tuple[dict[str, Tensor], BackboneSplit]:
     """`convert_official`, and where the camera backbone was in the checkpoint and what else it
     held (a detector's neck, view transform and heads; a pretraining decoder), left aside."""
+    from geomim.checkpoints import read_checkpoint, unwrap_state_dict
+    from geomim.models.swin_convert import split_backbone, swin_checkpoint_filter_fn
+
     state_dict = unwrap_state_dict(src) if isinstance(src, Mapping) else read_checkpoint(src)
     return swin_checkpoint_filter_fn(state_dict, _meta_model(variant)), split_backbone(state_dict)
 
@@ -56,6 +54,10 @@ def write_hub_folder(
     state_dict: Mapping[str, Tensor], variant: str, out_dir: str | os.PathLike, source: str
 ) -> Path:
     """Write model.safetensors, timm's config.json and a model card README.md into `out_dir`."""
+    from timm.models._hub import save_config_for_hf
+
+    from geomim.checkpoints import save_safetensors_atomic, write_atomic
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "architecture": variant, "source": source}
@@ -130,6 +132,11 @@ research. See MODEL_CARD.md in the geomim package for the training data, recipe 
 
 def _meta_model(variant: str) -> torch.nn.Module:
     """`variant` without storage, built for every output (so with every trained output norm)."""
+    import timm
+    import torch
+
+    import geomim.models  # noqa: F401  (registers the variants: `python -m` imports them late)
+
     known = sorted(ARCHITECTURES)
     if variant not in ARCHITECTURES:
         raise ValueError(f"unknown variant {variant!r}: expected one of {known}")

@@ -15,21 +15,18 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported where used: `--help` answers before torch loads
+    from geomim.training.teacher_factory import TeacherSpec
 
-from geomim.data.nuscenes import NuScenesMultiView
-from geomim.pretrain.teacher_cache import DTYPES, points_source, write_teacher_cache
-from geomim.training.teacher_factory import (
-    HistogramTeacherSpec,
-    LiDARTeacherSpec,
-    TeacherSpec,
-    build_teacher,
-)
+DTYPES = ("float32", "bfloat16", "float16")  # as geomim.pretrain.teacher_cache.DTYPES
 
 
 def teacher_spec(kind: str, checkpoint: Path | None) -> TeacherSpec:
     """The spec `--teacher` and `--checkpoint` name (built by the trainer's `build_teacher`)."""
+    from geomim.training.teacher_factory import HistogramTeacherSpec, LiDARTeacherSpec
+
     if kind == "histogram":
         return HistogramTeacherSpec()
     if checkpoint is None:
@@ -39,6 +36,12 @@ def teacher_spec(kind: str, checkpoint: Path | None) -> TeacherSpec:
 
 def cache(args: argparse.Namespace) -> Path:
     """Run the `cache` subcommand; returns the cache folder."""
+    import torch
+
+    from geomim.data.nuscenes import NuScenesMultiView
+    from geomim.pretrain.teacher_cache import points_source, write_teacher_cache
+    from geomim.training.teacher_factory import build_teacher
+
     if not args.dataroot.is_dir():
         raise SystemExit(f"dataset folder {args.dataroot} does not exist")
     teacher = build_teacher(teacher_spec(args.teacher, args.checkpoint))
@@ -54,7 +57,7 @@ def cache(args: argparse.Namespace) -> Path:
         source=points_source(dataset.version, dataset.seed, dataset.points),
         shard_size=args.shard_size,
         dtype=args.dtype,
-        device=args.device,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         progress=not args.quiet,
     )
     print(f"teacher cache of {len(tokens)} samples in {out} ({time.perf_counter() - start:.1f} s)")
@@ -77,10 +80,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     run.add_argument("--split", default="train", help="official split name, or None for all")
     run.add_argument("--shard-size", type=int, default=64, help="samples per shard file")
     run.add_argument("--dtype", choices=list(DTYPES), default="float32", help="stored maps")
-    run.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu",
-        help="where the teacher runs (default: cuda if available)",
-    )  # fmt: skip
+    run.add_argument("--device", help="where the teacher runs (default: cuda if available)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 

@@ -27,23 +27,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from geomim.training.checkpointing import latest_checkpoint
-from geomim.training.config import ConfigError, dump_config, load_config, shipped_configs
-from geomim.training.distributed import (
-    init_distributed,
-    rank_from_env,
-    shutdown_distributed,
-    stop_on_signals,
-    world_size_from_env,
-)
-from geomim.training.engine import CONFIG_FILE, TrainingStopped, train
-from geomim.training.metrics import METRICS_FILE
-from geomim.training.startup import PANELS, check_startup, resolve_resume
+# The arguments are parsed before anything imports torch (`--help` answers at once); the
+# training modules are imported by the functions that use them.
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentParser, Any]:
     """The command line; see the module docstring."""
-    names = ", ".join(p.stem for p in shipped_configs())
+    names = ", ".join(p.stem for p in sorted(CONFIGS.glob("*.yaml")))
     parser = argparse.ArgumentParser(
         prog="python -m geomim.train",
         description=__doc__.split("\n\n")[0],
@@ -79,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Validate the config, then train (every rank runs this). Exits with status 2 on a start-up
     error, 128 + the signal's number when a signal stopped the run."""
     parser, args = parse_args(argv)
+    from geomim.training.distributed import rank_from_env
+
     is_main = rank_from_env() == 0
     try:
         status = _start(parser, args, is_main)
@@ -94,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def resume_command(run_dir: str | os.PathLike, world_size: int) -> str:
     """The command line that continues the run in `run_dir` as it was launched."""
+    from geomim.training.engine import CONFIG_FILE
+
     config = shlex.quote(str(Path(run_dir) / CONFIG_FILE))
     launcher = "python"
     if world_size > 1:
@@ -105,6 +100,10 @@ def resume_command(run_dir: str | os.PathLike, world_size: int) -> str:
 
 def run_summary(run_dir: str | os.PathLike) -> str:
     """Where a finished run's outputs are: folder, last checkpoint, metrics, newest panel."""
+    from geomim.training.checkpointing import latest_checkpoint
+    from geomim.training.metrics import METRICS_FILE
+    from geomim.training.startup import PANELS
+
     run_dir = Path(run_dir)
     panels = sorted((run_dir / PANELS).glob("step-*.png"))
     lines = {
@@ -118,6 +117,10 @@ def run_summary(run_dir: str | os.PathLike) -> str:
 
 def _start(parser: argparse.ArgumentParser, args: Any, is_main: bool) -> int:
     """Start-up checks, then the training; returns the exit status."""
+    from geomim.training import distributed, engine
+    from geomim.training.config import ConfigError, dump_config, load_config
+    from geomim.training.startup import check_startup, resolve_resume
+
     try:
         config = load_config(args.config, args.overrides)
         if args.print_config:
@@ -125,22 +128,22 @@ def _start(parser: argparse.ArgumentParser, args: Any, is_main: bool) -> int:
             return 0
         report = print if is_main else _silent
         resume = resolve_resume(args.resume, config.run_dir, fresh=args.fresh, report=report)
-        check_startup(config, world_size_from_env())
+        check_startup(config, distributed.world_size_from_env())
     except ConfigError as error:
         if args.debug:
             raise
         parser.error(str(error))
-    context = init_distributed(config.train.device, need_group=config.train.fsdp)
+    context = distributed.init_distributed(config.train.device, need_group=config.train.fsdp)
     try:
-        with stop_on_signals(announce=is_main) as stop:
-            train(config, context, resume, fresh=args.fresh, stop=stop)
+        with distributed.stop_on_signals(announce=is_main) as stop:
+            engine.train(config, context, resume, fresh=args.fresh, stop=stop)
     except ConfigError as error:  # a checkpoint that does not load into the model
         if args.debug:
             raise
         if is_main:
             print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
-    except TrainingStopped as stopped:
+    except engine.TrainingStopped as stopped:
         if is_main:
             where = (
                 f"last checkpoint {stopped.checkpoint}"
@@ -155,7 +158,7 @@ def _start(parser: argparse.ArgumentParser, args: Any, is_main: bool) -> int:
             )
         return 128 + stopped.received
     finally:
-        shutdown_distributed()
+        distributed.shutdown_distributed()
     if is_main:
         print(run_summary(config.run_dir))
     return 0

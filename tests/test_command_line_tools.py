@@ -27,3 +27,37 @@ def test_every_command_points_at_a_main_function_and_is_in_the_readme_table():
         assert callable(getattr(importlib.import_module(module_name), function)), target
         module = module_name.removesuffix(".cli")
         assert f"| `{command}` | `python -m {module}` |" in README, command
+
+
+# `-X importtime` lists on stderr every module a command imports
+def modules_loaded_by(command: list[str]) -> set[str]:
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", *command], capture_output=True, text=True
+    )
+    assert run.returncode == 0, (command, run.stderr[-2000:])
+    return {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines() if "|" in line}
+
+
+def test_every_help_answers_before_torch_loads():
+    """`python -m geomim.X --help` and the installed `geomim-X --help` parse before importing
+    torch and timm (which took 35-76 s on a loaded 2-core machine)."""
+    import shutil
+
+    for command, target in SCRIPTS.items():
+        module = target.partition(":")[0].removesuffix(".cli")
+        help_args = ["cache", "--help"] if command == "geomim-teacher" else ["--help"]
+        loaded = modules_loaded_by(["-m", module, *help_args])
+        assert not {"torch", "timm"} & loaded, f"python -m {module} --help imports torch or timm"
+        script = shutil.which(command)
+        assert script, f"{command} is not installed here: pip install -e ."
+        loaded = modules_loaded_by([script, *help_args])
+        assert not {"torch", "timm"} & loaded, f"{command} --help imports torch or timm"
+
+
+def test_a_library_import_registers_the_models():
+    """Outside the command lines, `import geomim` registers the models with timm at once."""
+    loaded = modules_loaded_by(["-c", "import geomim, timm; assert timm.is_model('geomim_base')"])
+    assert "geomim.models.swin" in loaded

@@ -5,6 +5,10 @@ teacher's sparse encoder against its CPU result, and one tiny pretraining step p
 From Python: `run_check(CheckOptions(device=torch.device("cuda")))` returns the report.
 """
 
-from geomim.check.runner import CheckOptions, run_check
+from geomim._lazy import lazy_attributes
 
+# imported on first use: `python -m geomim.check --help` answers before torch loads
+__getattr__ = lazy_attributes(
+    __name__, dict.fromkeys(("CheckOptions", "run_check"), "geomim.check.runner")
+)
 __all__ = ["CheckOptions", "run_check"]

@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from geomim.data.batch import check_camera_values, check_points
+from geomim.data.cameras import CAMERAS  # the order the official data pipeline stacks them
 from geomim.data.geometry import (
     RECIPE_WIDTH_RATIO,
     RESIZE_RANGE,
@@ -30,23 +31,14 @@ from geomim.data.geometry import (
     ImageAug,
     depth_maps,
     lidar_aug_matrix,
-    pose_matrix,
     resize_scale,
     sample_image_aug,
 )
 from geomim.data.index import SampleIndex
+from geomim.data.poses import pose_matrix
 
 logger = logging.getLogger(__name__)
 
-# The order in which the official data pipeline stacks the cameras.
-CAMERAS = (
-    "CAM_FRONT",
-    "CAM_FRONT_RIGHT",
-    "CAM_FRONT_LEFT",
-    "CAM_BACK",
-    "CAM_BACK_LEFT",
-    "CAM_BACK_RIGHT",
-)
 INDEX_FORMAT = 2
 # The version of the point loading below, part of a teacher cache's source: bump it when the
 # points a PointConfig gives change. 2: the key frame keeps its close points (as the official).

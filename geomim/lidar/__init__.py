@@ -3,25 +3,29 @@
 spconv is only needed to build an encoder: `pip install "geomim[lidar]"`.
 """
 
-from geomim.lidar.sparse_encoder import SparseEncoder, SparseEncoderConfig
-from geomim.lidar.teacher import LiDARTeacher, LiDARTeacherConfig
-from geomim.lidar.voxelize import VoxelBatch, VoxelConfig, Voxels, hard_voxelize, voxelize
+from geomim._lazy import lazy_attributes
 
-# the conversion is imported on first use: `python -m geomim.lidar.convert` runs that module as
-# __main__, and importing it here first would make runpy warn about the double import
-_CONVERSION = (
-    "ConversionReport", "convert_lidar_checkpoint", "lidar_checkpoint_filter_fn",
-    "official_lidar_to_geomim",
-)  # fmt: skip
-
-
-def __getattr__(name: str):
-    if name in _CONVERSION:
-        from geomim.lidar import convert
-
-        return getattr(convert, name)
-    raise AttributeError(f"module 'geomim.lidar' has no attribute {name!r}")
-
+# each name is imported on first use: `python -m geomim.lidar.convert` runs that module as
+# __main__ (importing it here first would make runpy warn about the double import), and its
+# --help answers before torch loads
+_HOMES = {
+    **dict.fromkeys(("SparseEncoder", "SparseEncoderConfig"), "geomim.lidar.sparse_encoder"),
+    **dict.fromkeys(("LiDARTeacher", "LiDARTeacherConfig"), "geomim.lidar.teacher"),
+    **dict.fromkeys(
+        ("VoxelBatch", "VoxelConfig", "Voxels", "hard_voxelize", "voxelize"),
+        "geomim.lidar.voxelize",
+    ),
+    **dict.fromkeys(
+        (
+            "ConversionReport",
+            "convert_lidar_checkpoint",
+            "lidar_checkpoint_filter_fn",
+            "official_lidar_to_geomim",
+        ),
+        "geomim.lidar.convert",
+    ),
+}
+__getattr__ = lazy_attributes(__name__, _HOMES)
 
 __all__ = [
     "ConversionReport",

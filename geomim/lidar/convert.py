@@ -16,11 +16,12 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from torch import Tensor, nn
+if TYPE_CHECKING:  # torch and the checkpoint tools load where used: `--help` answers at once
+    from torch import Tensor, nn
 
-from geomim.checkpoints import fit_to_model, read_checkpoint, save_safetensors_atomic
-from geomim.lidar.sparse_encoder import SparseEncoder, SparseEncoderConfig
+    from geomim.lidar.sparse_encoder import SparseEncoderConfig
 
 OFFICIAL_PREFIX = "encoders.lidar.backbone."
 OFFICIAL_ENCODER_KEY = re.compile(r"^(conv_input|encoder_layers|conv_out)\.")
@@ -102,6 +103,8 @@ def lidar_checkpoint_filter_fn(
     state_dict: dict[str, Tensor], model: nn.Module
 ) -> dict[str, Tensor]:
     """Any accepted form fitted to a `SparseEncoder` with every key accounted for, or raise."""
+    from geomim.checkpoints import fit_to_model
+
     converted, _ = official_lidar_to_geomim(state_dict)
     return fit_to_model(converted, model, "LiDAR sparse encoder")
 
@@ -112,6 +115,9 @@ def convert_lidar_checkpoint(
     config: SparseEncoderConfig | None = None,
 ) -> ConversionReport:
     """Convert an official LiDAR checkpoint to our safetensors (checked against the encoder)."""
+    from geomim.checkpoints import fit_to_model, read_checkpoint, save_safetensors_atomic
+    from geomim.lidar.sparse_encoder import SparseEncoder
+
     converted, report = official_lidar_to_geomim(read_checkpoint(source))
     fitted = fit_to_model(converted, SparseEncoder(config), "LiDAR sparse encoder")
     save_safetensors_atomic(fitted, target, metadata={"format": "geomim-lidar-sparse-encoder"})

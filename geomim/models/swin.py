@@ -15,6 +15,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from geomim.architectures import SWIN_ARCHITECTURES as ARCHITECTURES
 from geomim.layers import (
     ChunkedMlp,
     CrossViewAttention,
@@ -40,7 +41,6 @@ from geomim.models._factory import (
     create_backbone,
     init_linear_weights,
 )
-from geomim.models.swin_architectures import ARCHITECTURES
 from geomim.models.swin_convert import swin_checkpoint_filter_fn
 
 # The stages `forward_masked` returns (strides 16 and 32), as the official pretraining encoder.

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from timm.layers import resize_rel_pos_bias_table
 from torch import Tensor, nn
 
+from geomim.architectures import SWIN_ARCHITECTURES as ARCHITECTURES
 from geomim.checkpoints import CheckpointError, fit_to_model
-from geomim.models.swin_architectures import ARCHITECTURES
 
 # Module names under which a whole model stores the camera backbone, wherever they sit in the
 # model (BEVDepth nests it: `model.backbone.img_backbone.`); the first one present is selected.

@@ -11,12 +11,11 @@ from geomim.data.geometry import (
     ImageAug,
     depth_maps,
     lidar_aug_matrix,
-    pose_matrix,
     project_points,
-    quaternion_to_matrix,
     sample_image_aug,
 )
 from geomim.data.nuscenes import _augment_image
+from geomim.data.poses import pose_matrix, quaternion_to_matrix
 
 
 def marker_position(image: Image.Image) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from geomim.data.geometry import pose_matrix, quaternion_to_matrix
+from geomim.data.poses import pose_matrix, quaternion_to_matrix
 from geomim.data.synthetic import (
     CAMERAS,
     LIDAR,

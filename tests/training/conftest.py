@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from geomim import train as train_cli
+from geomim.training import distributed, engine
 from tests.training.runs import make_dataset, run, tiny_config, write_config
 
 
@@ -54,5 +54,5 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("work started despite a bad config")
 
-    monkeypatch.setattr(train_cli, "init_distributed", refuse)
-    monkeypatch.setattr(train_cli, "train", refuse)
+    monkeypatch.setattr(distributed, "init_distributed", refuse)
+    monkeypatch.setattr(engine, "train", refuse)

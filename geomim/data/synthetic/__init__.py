@@ -18,7 +18,7 @@ In reading order: `world` (the ground, the boxes, ray casting), `rig` (where the
 `writer` (`generate`: files and tables) and `cli` (`python -m geomim.data.synthetic`).
 """
 
-from geomim.data.nuscenes import CAMERAS
+from geomim.data.cameras import CAMERAS
 from geomim.data.synthetic.cli import main
 from geomim.data.synthetic.config import SyntheticConfig
 from geomim.data.synthetic.rig import LIDAR, Sensor, make_rig

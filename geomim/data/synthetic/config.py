@@ -6,7 +6,7 @@ import dataclasses
 import numbers
 from dataclasses import dataclass
 
-from geomim.data.nuscenes import CAMERAS
+from geomim.data.cameras import CAMERAS
 
 # Time: microseconds, like nuScenes.
 KEY_FRAME_US = 500_000  # 2 Hz samples

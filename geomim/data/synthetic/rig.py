@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geomim.data.geometry import pose_matrix
-from geomim.data.nuscenes import CAMERAS
+from geomim.data.cameras import CAMERAS
+from geomim.data.poses import pose_matrix
 
 LIDAR = "LIDAR_TOP"
 

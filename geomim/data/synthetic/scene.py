@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from geomim.data.geometry import pose_matrix
+from geomim.data.poses import pose_matrix
 from geomim.data.synthetic.config import KEY_FRAME_US
 from geomim.data.synthetic.rig import yaw_quaternion
 from geomim.data.synthetic.world import Box, SyntheticWorld

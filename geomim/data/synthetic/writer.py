@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from geomim.data.nuscenes import CAMERAS
+from geomim.data.cameras import CAMERAS
 from geomim.data.synthetic.config import KEY_FRAME_US, SWEEP_US, SyntheticConfig
 from geomim.data.synthetic.rig import LIDAR, Sensor, make_rig, yaw_quaternion
 from geomim.data.synthetic.scene import (
