@@ -22,7 +22,15 @@ from pathlib import Path
 
 import timm
 import torch
-from common import GEMM_SIZE, gemm_job, machine_info, time_rounds, write_report
+from common import (
+    GEMM_SIZE,
+    ISA_ENVIRONMENT,
+    gemm_job,
+    machine_info,
+    run_under_isa,
+    time_rounds,
+    write_report,
+)
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -55,6 +63,9 @@ def parse_args() -> argparse.Namespace:
     """The command line; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="geomim_base")
+    parser.add_argument(
+        "--isa", choices=sorted(ISA_ENVIRONMENT), help="emulate a CPU that has only this ISA"
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--batch", type=int, default=1, help="rigs per forward")
     parser.add_argument("--views", type=int, default=6)
@@ -238,7 +249,8 @@ def print_report(
 
 def main() -> None:
     args = parse_args()
-    info = machine_info()
+    emulation = run_under_isa(args.isa)
+    info = machine_info() | {"isa_emulation": emulation}
     for key in ("torch", "cpu", "cpu_capability", "threads", "bf16_flags"):
         print(f"{key}: {info[key]}")
     if args.device == "cuda":

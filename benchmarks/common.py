@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +19,7 @@ import timm
 import torch
 
 import geomim
+from geomim.check.system import native_cpu_bf16
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -48,8 +51,36 @@ def machine_info() -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "bf16_flags": flags,
-        "native_bf16": bool(flags),
+        "native_bf16": native_cpu_bf16(),  # the flags, and ATen running its AVX-512 kernels
     }
+
+
+# What `--isa avx2` sets: ATen, oneDNN and MKL read these when they start
+ISA_ENVIRONMENT = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}  # fmt: skip
+EMULATION_NOTE = (
+    "emulated: ATen, oneDNN and MKL keep to {isa} on this CPU, whose caches, clocks and MKL code "
+    "paths stay its own, so a real {isa}-only part can differ"
+)
+
+
+def run_under_isa(isa: str | None) -> str | None:
+    """With `isa`, re-run this process (and so its child processes) with ATen, oneDNN and MKL
+    kept to it, and a compile cache of its own (torch's does not key on the ISA); the note to
+    print beside the figures once it runs so."""
+    if isa is None:
+        return None
+    wanted = ISA_ENVIRONMENT[isa]
+    if any(os.environ.get(key) != value for key, value in wanted.items()):
+        cache = Path(tempfile.gettempdir()) / f"geomim-inductor-{isa}"
+        environment = {**os.environ, **wanted, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.argv], environment)
+    note = EMULATION_NOTE.format(isa=isa.upper())
+    print(f"cpu capability {torch.backends.cpu.get_cpu_capability()} ({note})")
+    return note
 
 
 GEMM_SIZE = 4096  # the square matmul that stands for the machine's GEMM ceiling

@@ -40,7 +40,16 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from common import GEMM_SIZE, gemm_job, machine_info, stream_child, time_rounds, write_report
+from common import (
+    GEMM_SIZE,
+    ISA_ENVIRONMENT,
+    gemm_job,
+    machine_info,
+    run_under_isa,
+    stream_child,
+    time_rounds,
+    write_report,
+)
 from timm.models.vision_transformer import Attention
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
@@ -97,6 +106,9 @@ def parse_args() -> argparse.Namespace:
     """The command line; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed steps of the tiny config")
+    parser.add_argument(
+        "--isa", choices=sorted(ISA_ENVIRONMENT), help="emulate a CPU that has only this ISA"
+    )
     parser.add_argument(
         "--base-repeats", type=int, default=2, help="timed steps of each base config"
     )
@@ -463,6 +475,7 @@ def format_pool(pool: dict) -> str:
 
 def main() -> None:
     args = parse_args()
+    emulation = run_under_isa(args.isa)  # the children (--only) inherit the environment
     if args.only is not None:
         config = CONFIGS[args.only]
         repeats = args.repeats  # the parent passes the right count for the size
@@ -470,7 +483,7 @@ def main() -> None:
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return
 
-    info = machine_info()
+    info = machine_info() | {"isa_emulation": emulation}
     print(f"torch.backends.cpu.get_cpu_capability(): {torch.backends.cpu.get_cpu_capability()}")
     for key in ("torch", "cpu", "threads", "bf16_flags"):
         print(f"{key}: {info[key]}")

@@ -1,0 +1,27 @@
+"""`--isa avx2` in the CPU benchmarks: the run (and its children) keeps ATen, oneDNN and MKL to
+AVX2 and says so, whatever this machine has."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def test_the_backbone_benchmark_runs_under_avx2_and_records_it(tmp_path):
+    out = tmp_path / "backbone.json"
+    command = [
+        sys.executable, str(BENCHMARKS / "backbone.py"), "--isa", "avx2", "--model",
+        "geomim_test", "--height", "64", "--width", "176", "--repeats", "1", "--warmup", "0",
+        "--skip-bf16", "--out", str(out),
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "cpu capability AVX2 (emulated" in run.stdout
+    machine = json.loads(out.read_text())["machine"]
+    assert machine["cpu_capability"] == "AVX2"
+    assert machine["native_bf16"] is False  # emulated bf16 is ~100x slower: never chosen
+    assert "a real AVX2-only part can differ" in machine["isa_emulation"]
