@@ -54,17 +54,33 @@ def write_hub_folder(
     state_dict: Mapping[str, Tensor], variant: str, out_dir: str | os.PathLike, source: str
 ) -> Path:
     """Write model.safetensors, timm's config.json and a model card README.md into `out_dir`."""
+    card = hub_model_card(variant, state_dict, source)
+    return write_timm_folder(out_dir, state_dict, _meta_model(variant), variant, source, card)
+
+
+def write_timm_folder(
+    out_dir: str | os.PathLike,
+    state_dict: Mapping[str, Tensor],
+    model: torch.nn.Module,
+    architecture: str,
+    source: str,
+    card: str,
+    model_args: dict | None = None,
+) -> Path:
+    """The folder timm and the Hub load: model.safetensors (its metadata naming the architecture
+    and the source), `model`'s config.json (`model_args` passed to timm on load) and `card` as
+    README.md, each written atomically."""
     from timm.models._hub import save_config_for_hf
 
     from geomim.checkpoints import save_safetensors_atomic, write_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": "pt", "architecture": variant, "source": source}
-    save_safetensors_atomic(state_dict, out_dir / WEIGHTS_NAME, metadata=metadata)
-    model = _meta_model(variant)
-    write_atomic(out_dir / "config.json", lambda path: save_config_for_hf(model, path))
-    card = hub_model_card(variant, state_dict, source)
+    metadata = {"format": "pt", "architecture": architecture, "source": source}
+    save_safetensors_atomic(dict(state_dict), out_dir / WEIGHTS_NAME, metadata=metadata)
+    write_atomic(
+        out_dir / "config.json", lambda path: save_config_for_hf(model, path, model_args=model_args)
+    )
     write_atomic(out_dir / "README.md", lambda path: Path(path).write_text(card))
     return out_dir
 

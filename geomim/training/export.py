@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import timm
-from timm.models._hub import save_config_for_hf
 from torch import Tensor, nn
 
-from geomim.checkpoints import save_safetensors_atomic, write_atomic
-from geomim.hub import WEIGHTS_NAME
+from geomim.hub import WEIGHTS_NAME, write_timm_folder
 from geomim.models import masked_encoder_kwargs
 from geomim.training.checkpointing import (
     checkpoint_problem,
@@ -75,12 +73,8 @@ def export_run(
 ) -> Path:
     """Write the run's encoder as model.safetensors, config.json and README.md into `out_dir`."""
     encoder, config, state = load_run_encoder(run_dir, checkpoint)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     name = config.model.encoder
     step = state["progress"]["step"]
-    metadata = {"format": "pt", "architecture": name, "source": f"{run_dir} step {step}"}
-    save_safetensors_atomic(encoder.state_dict(), out_dir / WEIGHTS_NAME, metadata=metadata)
     height, width = config.model.view_transform.image_size
     encoder.pretrained_cfg = {  # what config.json tells timm about these weights
         **encoder.pretrained_cfg,
@@ -89,13 +83,12 @@ def export_run(
         "input_size": (3, height, width),
         "notes": [f"geomim.train run {run_dir}, step {step}, teacher {config.teacher.kind}"],
     }
-    write_atomic(
-        out_dir / "config.json",
-        lambda path: save_config_for_hf(encoder, path, model_args=encoder_kwargs(config)),
+    weights = encoder.state_dict()
+    card = run_model_card(config, state, weights)
+    source = f"{run_dir} step {step}"
+    return write_timm_folder(
+        out_dir, weights, encoder, name, source, card, model_args=encoder_kwargs(config)
     )
-    card = run_model_card(config, state, encoder.state_dict())
-    write_atomic(out_dir / "README.md", lambda path: Path(path).write_text(card))
-    return out_dir
 
 
 def run_license(config: TrainConfig) -> str:
