@@ -35,6 +35,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -169,9 +170,9 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run_only(config: StepConfig, repeats: int, warmup: int, num_points: int) -> dict:
-    """Build model, optimizer and batch; time `warmup` + `repeats` training steps."""
-    start = time.perf_counter()
+def build_step(config: StepConfig, num_points: int) -> tuple[Callable[[], float], list[Tensor]]:
+    """Model, optimizer and batch of `config`; the step (forward, backward, AdamW: returns the
+    loss) and the trainable parameters."""
     batch = rig_batch(num_points=num_points)
     torch.manual_seed(0)
     recipe = replace(pretrain_config(config.size), grad_checkpointing=config.grad_checkpointing)
@@ -185,8 +186,6 @@ def run_only(config: StepConfig, repeats: int, warmup: int, num_points: int) -> 
         (math.ceil(height / 32), math.ceil(width / 32)),
         generator=torch.Generator().manual_seed(0),
     )
-    build_s = time.perf_counter() - start
-    rss_built = rss_gib()
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -201,6 +200,16 @@ def run_only(config: StepConfig, repeats: int, warmup: int, num_points: int) -> 
         loss.backward()
         optimizer.step()
         return loss.item()
+
+    return step, trainable
+
+
+def run_only(config: StepConfig, repeats: int, warmup: int, num_points: int) -> dict:
+    """Build model, optimizer and batch; time `warmup` + `repeats` training steps."""
+    start = time.perf_counter()
+    step, trainable = build_step(config, num_points)
+    build_s = time.perf_counter() - start
+    rss_built = rss_gib()
 
     times, outputs = time_rounds({config.name: step}, repeats, warmup)
     peak_rss = peak_rss_gib()  # before the counted step: the counter's bookkeeping costs memory
@@ -222,7 +231,6 @@ def run_only(config: StepConfig, repeats: int, warmup: int, num_points: int) -> 
         "rss_after_build_gib": rss_built,
         "peak_rss_gib": peak_rss,
         "points": num_points,
-        "depth_pixels": int((batch.depth_maps > 0).sum()),
         "step_flop": step_flop,  # matmuls and convolutions, forward + backward (+ recompute)
         "gemm_flop_s": gemm_flop_s,
         "gemm_floor_s": step_flop / gemm_flop_s,  # those FLOPs at the 4096^2 GEMM rate

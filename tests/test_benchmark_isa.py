@@ -1,5 +1,5 @@
-"""`--isa avx2` in the CPU benchmarks: the run (and its children) keeps ATen, oneDNN and MKL to
-AVX2 and says so, whatever this machine has."""
+"""The CPU benchmarks of the AVX2 issue: `--isa avx2` keeps a run (and its children) to AVX2 in
+ATen, oneDNN and MKL and says so; the step profile splits GEMM time from the rest."""
 
 from __future__ import annotations
 
@@ -25,3 +25,18 @@ def test_the_backbone_benchmark_runs_under_avx2_and_records_it(tmp_path):
     assert machine["cpu_capability"] == "AVX2"
     assert machine["native_bf16"] is False  # emulated bf16 is ~100x slower: never chosen
     assert "a real AVX2-only part can differ" in machine["isa_emulation"]
+
+
+def test_the_step_profile_splits_gemm_from_the_rest(tmp_path):
+    out = tmp_path / "profile.json"
+    command = [
+        sys.executable, str(BENCHMARKS / "profile_step.py"), "--config", "tiny fp32",
+        "--points", "5000", "--top", "5", "--out", str(out),
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert abs(sum(report["shares"].values()) - 1) < 1e-9 and report["shares"]["GEMM"] > 0
+    kinds = {row["op"]: row["kind"] for row in report["ops"]}
+    assert kinds.get("aten::mm") == "GEMM" and kinds.get("aten::copy_") == "other"
+    assert "self time by kind: GEMM" in run.stdout
