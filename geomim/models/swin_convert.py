@@ -19,17 +19,9 @@ from timm.layers import resize_rel_pos_bias_table
 from torch import Tensor, nn
 
 from geomim.architectures import SWIN_ARCHITECTURES as ARCHITECTURES
+from geomim.checkpoint_layouts import ADAPTER_PREFIX, BACKBONE_PREFIXES, PRETRAIN_DECODER_KEYS
 from geomim.checkpoints import CheckpointError, fit_to_model
 
-# Module names under which a whole model stores the camera backbone, wherever they sit in the
-# model (BEVDepth nests it: `model.backbone.img_backbone.`); the first one present is selected.
-BACKBONE_PREFIXES = ("encoders.camera.backbone.", "img_backbone.", "backbone.")
-# What geomim's `GeoMIMBackbone` adapter puts before the timm model's keys.
-ADAPTER_PREFIX = "model."
-# Keys of the pretraining decoder that share the backbone's namespace in `SwinTransformerBEV`.
-PRETRAIN_DECODER_KEYS = re.compile(
-    r"^(mask_token|decoder_\w+|up_p4_fc|up_smooth_p4|final_norm|cam_pose)(\.|$)"
-)
 # The output norms, built per out_indices (the official model builds them for its out_indices).
 STAGE_NORM_KEYS = re.compile(r"^stage_norms\.")
 # Official name -> our name. Each rule leaves already-converted names untouched.

@@ -6,13 +6,9 @@ import re
 
 from torch import Tensor, nn
 
+from geomim.checkpoint_layouts import PRETRAIN_DECODER_KEYS
 from geomim.checkpoints import fit_to_model
-from geomim.models.swin_convert import (
-    OFFICIAL_RENAMES,
-    PRETRAIN_DECODER_KEYS,
-    official_swin_to_geomim,
-    select_backbone,
-)
+from geomim.models.swin_convert import OFFICIAL_RENAMES, official_swin_to_geomim, select_backbone
 from geomim.pretrain.decoder import DecoderConfig
 
 DECODER_RENAMES = (

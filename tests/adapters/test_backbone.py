@@ -8,6 +8,7 @@ import torch
 
 import geomim  # noqa: F401
 from geomim.adapters import GeoMIMBackbone
+from geomim.checkpoint_layouts import ADAPTER_PREFIX
 
 
 def test_outputs_equal_timm_features_only_with_the_same_weights(official_pth):
@@ -141,3 +142,8 @@ def test_bad_arguments_name_what_was_expected():
         GeoMIMBackbone("geomim_test", pretrained="geomim_base.pth")
     with pytest.raises(FileNotFoundError, match="no checkpoint file at"):
         GeoMIMBackbone("geomim_test", checkpoint="missing.pth")
+
+
+def test_the_adapter_keeps_the_timm_model_under_the_prefix_the_conversion_strips():
+    keys = GeoMIMBackbone("geomim_test").state_dict().keys()
+    assert keys and all(key.startswith(ADAPTER_PREFIX) for key in keys)
