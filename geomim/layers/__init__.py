@@ -1,6 +1,6 @@
 """Building blocks shared by the backbones, the pretraining decoder and the adapters."""
 
-from geomim.layers.cross_view import CrossViewAttention, rows_across_views, views_from_rows
+from geomim.layers.cross_view import CrossViewAttention
 from geomim.layers.mlp import ChunkedMlp
 from geomim.layers.patch import PatchEmbed, PatchMerging, add_position_embedding
 from geomim.layers.swin_block import SwinBlock
@@ -27,9 +27,7 @@ __all__ = [
     "group_window_mask",
     "pad_to_multiple",
     "relative_position_index",
-    "rows_across_views",
     "unfold_views",
-    "views_from_rows",
     "window_merge",
     "window_partition",
 ]

@@ -4,8 +4,8 @@ The nuScenes cameras form a horizontal ring around the car, so one image row acr
 horizontal band around it: one sequence per sample and row, holding that row of every view, on
 which a pre-norm transformer block runs. The block stays in the view-major layout (B, N, H, W, C)
 throughout: its attention (`geomim.kernels.row_attention`) reads each row sequence from the qkv
-projection in place. `rows_across_views` spells the regrouping out, (B*N, H*W, C) -> (B*H, N*W, C)
-(the official formulation: a timm `Block` on those sequences).
+projection in place. The official formulation regroups the tokens instead, (B*N, H*W, C) ->
+(B*H, N*W, C), and runs a timm `Block` on those sequences (the tests compare the two).
 """
 
 from __future__ import annotations
@@ -17,21 +17,6 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from geomim.kernels.row_attention import row_attention
-
-
-def rows_across_views(x: Tensor, num_views: int, height: int, width: int) -> Tensor:
-    """(B*N, H*W, C) -> (B*H, N*W, C): one sequence per sample and image row."""
-    images, tokens, channels = x.shape
-    _check_layout(images, tokens, num_views, height, width)
-    x = x.view(images // num_views, num_views, height, width, channels)
-    return x.permute(0, 2, 1, 3, 4).reshape(-1, num_views * width, channels)
-
-
-def views_from_rows(x: Tensor, num_views: int, height: int, width: int) -> Tensor:
-    """Inverse of `rows_across_views`: (B*H, N*W, C) -> (B*N, H*W, C)."""
-    channels = x.shape[-1]
-    x = x.view(-1, height, num_views, width, channels)
-    return x.permute(0, 2, 1, 3, 4).reshape(-1, height * width, channels)
 
 
 def _check_layout(images: int, tokens: int, num_views: int, height: int, width: int) -> None:

@@ -58,7 +58,7 @@ class BackboneSplit:
 
 def split_backbone(state_dict: dict[str, Tensor]) -> BackboneSplit:
     """Find the camera backbone in any official, detector or wrapped checkpoint."""
-    state_dict = {_strip(key, "module."): value for key, value in state_dict.items()}
+    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
     prefix = _backbone_prefix(state_dict)
     tensors = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if tensors and all(key.startswith(ADAPTER_PREFIX) for key in tensors):
@@ -130,10 +130,6 @@ def swin_checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -
         resize=_resize_relative_table,
         optional=STAGE_NORM_KEYS,
     )
-
-
-def _strip(key: str, prefix: str) -> str:
-    return key[len(prefix) :] if key.startswith(prefix) else key
 
 
 def _pos_embed_as_grid(pos_embed: Tensor) -> Tensor:

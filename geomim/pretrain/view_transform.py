@@ -22,7 +22,6 @@ import torch
 from torch import Tensor, nn
 
 from geomim.data.batch import CameraGeometry
-from geomim.kernels.bev_pool import bev_pool
 from geomim.kernels.splat import splat
 
 Bound = tuple[float, float, float]  # (lower, upper, step)
@@ -167,12 +166,6 @@ class DepthLSS(nn.Module):
         size_x, size_y, size_z = self.nx.tolist()
         pooled = pooled.view(batch, size_z, size_x, size_y, -1)
         return pooled.permute(0, 1, 4, 2, 3).reshape(batch, -1, size_x, size_y)
-
-    def pool(self, features: Tensor, points: Tensor) -> Tensor:
-        """(B, N, D, h, w, C) features at (B, N, D, h, w, 3) points -> (B, Z * C, X, Y) sums."""
-        cells, num_cells = self.cells(points)
-        flat = features.reshape(-1, features.shape[-1])
-        return self.to_bev(bev_pool(flat, cells.view(-1), num_cells + 1)[:-1], points.shape[0])
 
     def forward(
         self, semantic: Tensor, geometry: Tensor, cameras: CameraGeometry, lidar_aug: Tensor

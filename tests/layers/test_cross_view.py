@@ -8,10 +8,24 @@ import torch
 from timm.models.vision_transformer import Block
 
 from geomim.kernels import last_backend
-from geomim.layers import CrossViewAttention, rows_across_views, views_from_rows
+from geomim.layers import CrossViewAttention
 from geomim.layers.cross_view import _check_supported
 
 VIEWS, HEIGHT, WIDTH, DIM = 6, 3, 5, 16
+
+
+def rows_across_views(x: torch.Tensor, num_views: int, height: int, width: int) -> torch.Tensor:
+    """The official regrouping: (B*N, H*W, C) -> (B*H, N*W, C), one sequence per sample and row."""
+    channels = x.shape[-1]
+    x = x.view(-1, num_views, height, width, channels)
+    return x.permute(0, 2, 1, 3, 4).reshape(-1, num_views * width, channels)
+
+
+def views_from_rows(x: torch.Tensor, num_views: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of `rows_across_views`: (B*H, N*W, C) -> (B*N, H*W, C)."""
+    channels = x.shape[-1]
+    x = x.view(-1, height, num_views, width, channels)
+    return x.permute(0, 2, 1, 3, 4).reshape(-1, height * width, channels)
 
 
 def block(**kwargs) -> CrossViewAttention:
