@@ -1,9 +1,11 @@
 """Backbones registered with timm (importing this module registers them)."""
 
+from geomim.architectures import SWIN_ARCHITECTURES
 from geomim.models import cva_vit, swin
 from geomim.models.cva_vit import GeoMIMViT, geomim_vit_base, geomim_vit_large, geomim_vit_small
-from geomim.models.swin import GeoMIMSwin, geomim_base, geomim_large, geomim_test
+from geomim.models.swin import GeoMIMSwin
 from geomim.models.swin_convert import official_swin_to_geomim, swin_checkpoint_filter_fn
+from geomim.models.swin_zoo import geomim_base, geomim_large, geomim_test
 
 __all__ = [
     "GeoMIMSwin",
@@ -24,9 +26,9 @@ def masked_encoder_kwargs(name: str) -> dict:
     """What `timm.create_model(name, ...)` needs for an encoder of masked pretraining
     (`forward_masked`): a GeoMIM Swin builds its stage 2 and 3 output norms; a CVA-ViT nothing
     (its masked mode does not use the pyramid)."""
-    if name in swin.ARCHITECTURES:
+    if name in SWIN_ARCHITECTURES:
         return {"out_indices": swin.MASKED_STAGES}
     if name in cva_vit.ARCHITECTURES:
         return {}
-    known = sorted({*swin.ARCHITECTURES, *cva_vit.ARCHITECTURES})
+    known = sorted({*SWIN_ARCHITECTURES, *cva_vit.ARCHITECTURES})
     raise ValueError(f"{name!r} is no GeoMIM encoder; expected one of {known}")
