@@ -7,7 +7,6 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from geomim.data import synthetic
 from geomim.data.synthetic.config import SyntheticConfig
 from geomim.data.synthetic.writer import generate
 
@@ -26,7 +25,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Command line: `python -m geomim.data.synthetic OUT_DIR [--scenes S ...]`."""
     parser = argparse.ArgumentParser(
         prog="python -m geomim.data.synthetic",
-        description=synthetic.__doc__.split("\n\n")[0],
+        description="Synthetic nuScenes: small datasets in the exact `v1.0-mini` layout, "
+        "rendered from a 3D world (the official devkit loads them).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("out_dir", type=Path, help="dataset root (the devkit's dataroot)")
