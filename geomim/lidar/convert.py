@@ -137,8 +137,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("source", help="lidar-only-det.pth or an encoder state dict")
     parser.add_argument("target", help="output .safetensors")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     args = parser.parse_args(argv)
-    print(convert_lidar_checkpoint(args.source, args.target))
+    try:
+        print(convert_lidar_checkpoint(args.source, args.target))
+    except (ValueError, OSError) as error:  # CheckpointError, a missing or unreadable file
+        if args.debug:
+            raise
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -129,3 +129,15 @@ def test_the_command_line_help_is_clean():
     )
     assert run.returncode == 0 and run.stdout.startswith("usage: python -m geomim.lidar.convert")
     assert "RuntimeWarning" not in run.stderr  # the module is not imported twice
+
+
+def test_a_missing_or_wrong_checkpoint_is_one_line_and_exit_2(tmp_path):
+    def convert(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "geomim.lidar.convert", *args]
+        return subprocess.run(command, capture_output=True, text=True)
+
+    missing = convert(str(tmp_path / "missing.pth"), str(tmp_path / "out.safetensors"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "missing.pth" in missing.stderr
+    debug = convert(str(tmp_path / "missing.pth"), str(tmp_path / "out.safetensors"), "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
