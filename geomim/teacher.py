@@ -30,7 +30,7 @@ def teacher_spec(kind: str, checkpoint: Path | None) -> TeacherSpec:
     if kind == "histogram":
         return HistogramTeacherSpec()
     if checkpoint is None:
-        raise SystemExit("--teacher lidar needs --checkpoint (BEVFusion's lidar-only-det.pth)")
+        raise ValueError("--teacher lidar needs --checkpoint (BEVFusion's lidar-only-det.pth)")
     return LiDARTeacherSpec(checkpoint=str(checkpoint))
 
 
@@ -43,7 +43,7 @@ def cache(args: argparse.Namespace) -> Path:
     from geomim.training.teacher_factory import build_teacher
 
     if not args.dataroot.is_dir():
-        raise SystemExit(f"dataset folder {args.dataroot} does not exist")
+        raise FileNotFoundError(f"dataset folder {args.dataroot} does not exist")
     teacher = build_teacher(teacher_spec(args.teacher, args.checkpoint))
     split = None if args.split in ("None", "all") else args.split
     dataset = NuScenesMultiView(args.dataroot, args.version, split=split, train=False)
@@ -82,13 +82,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     run.add_argument("--dtype", choices=list(DTYPES), default="float32", help="stored maps")
     run.add_argument("--device", help="where the teacher runs (default: cuda if available)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The command line; a bad input prints one line and exits 2 (--debug: the traceback)."""
     args = parse_args(argv)
-    if args.command == "cache":
-        cache(args)
+    try:
+        if args.command == "cache":
+            cache(args)
+    except (ValueError, OSError) as error:  # bad paths, checkpoints, configs, cache mismatches
+        if args.debug:
+            raise
+        print(f"python -m geomim.teacher {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def test_an_interrupted_cache_resumes_without_redoing_finished_shards(
     assert cached.load(tokens_of(dataset)[0]).shape == (4, 16, 16)
 
 
-def test_the_command_line_caches_a_dataset_and_names_missing_samples(dataset, tmp_path):
+def test_the_command_line_caches_a_dataset_and_names_missing_samples(dataset, tmp_path, capsys):
     out = tmp_path / "cache"
     teacher_cli(
         ["cache", str(dataset.dataroot), str(out), "--teacher", "histogram", "--version",
@@ -137,8 +137,13 @@ def test_the_command_line_caches_a_dataset_and_names_missing_samples(dataset, tm
     assert cached.load(tokens_of(dataset)[1]).shape == (256, 180, 180)
     with pytest.raises(KeyError, match="sample nope is not in the teacher cache"):
         cached.load("nope")
-    with pytest.raises(SystemExit, match="needs --checkpoint"):
+    with pytest.raises(SystemExit) as exit_info:
         teacher_cli(["cache", str(dataset.dataroot), str(out), "--teacher", "lidar"])
+    assert exit_info.value.code == 2  # one line, no traceback
+    assert "needs --checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        teacher_cli(["cache", str(dataset.dataroot / "nope"), str(out), "--teacher", "histogram"])
+    assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
 
 
 def test_only_flips_can_be_applied_to_a_cached_map(dataset, tmp_path):
