@@ -61,3 +61,14 @@ def test_a_library_import_registers_the_models():
     """Outside the command lines, `import geomim` registers the models with timm at once."""
     loaded = modules_loaded_by(["-c", "import geomim, timm; assert timm.is_model('geomim_base')"])
     assert "geomim.models.swin" in loaded
+
+
+def test_names_the_command_lines_spell_out_match_the_library():
+    """The parsers list choices without importing torch; they must equal the library's."""
+    from geomim import teacher
+    from geomim.check import cli
+    from geomim.kernels.dispatch import BACKENDS
+    from geomim.pretrain.teacher_cache import DTYPES
+
+    assert set(cli.BACKEND_NAMES) == {name for names in BACKENDS.values() for name in names}
+    assert set(teacher.DTYPES) == set(DTYPES)

@@ -28,3 +28,21 @@ def test_parameters_keep_timm_names():
         "fc2.bias",
         "fc2.weight",
     ]
+
+
+def test_only_the_cpu_runs_in_chunks(monkeypatch):
+    """On a GPU chunks only add launches (0.73x the official speed on an H200): one whole-map
+    call there. The meta device stands in for any non-CPU device."""
+    monkeypatch.setattr(mlp_module, "CHUNK_BYTES", 32 * 4 * 6)  # 6 rows per chunk
+    calls = []
+
+    def counting_fc1(module, inputs, output):
+        calls.append(inputs[0].shape[0])
+
+    for device in ("cpu", "meta"):
+        mlp = ChunkedMlp(8, 32).to(device)
+        mlp.fc1.register_forward_hook(counting_fc1)
+        calls.clear()
+        with torch.no_grad():
+            mlp(torch.randn(70, 8, device=device))
+        assert calls == ([6] * 11 + [4] if device == "cpu" else [70]), (device, calls)
