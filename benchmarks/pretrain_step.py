@@ -340,13 +340,14 @@ def pool_inputs(drop: float, seed: int = 0) -> tuple[Tensor, Tensor, int, float,
     """Official-size frustum features (P, 80) as the view transform makes them (depth softmax x
     context), their flat cells (dropped -> the spare last cell), the cell count including the
     spare, and the share of points the rig drops and the share dropped in all. Cells are those
-    of `DepthLSS.pool` for the synthetic cameras; random kept points are dropped up to `drop`."""
+    of `DepthLSS.cells` for the synthetic cameras; random kept points are dropped up to `drop`."""
     transform = DepthLSS(ViewTransformConfig())
     cameras = rig_cameras()
     with torch.no_grad():
         points = transform.frustum_points(cameras, torch.eye(4)[None])  # (1, N, D, h, w, 3)
-    cells = ((points - (transform.bx - transform.dx / 2.0)) / transform.dx).long().view(-1, 3)
-    kept = ((cells >= 0) & (cells < transform.nx)).all(dim=-1)
+    lower = transform.first_cell_centre - transform.cell_size / 2.0
+    cells = ((points - lower) / transform.cell_size).long().view(-1, 3)
+    kept = ((cells >= 0) & (cells < transform.grid_cells)).all(dim=-1)
     rig_dropped = 1.0 - kept.float().mean().item()
     generator = torch.Generator().manual_seed(seed)
     extra = round(drop * len(kept)) - int((~kept).sum())
@@ -354,9 +355,9 @@ def pool_inputs(drop: float, seed: int = 0) -> tuple[Tensor, Tensor, int, float,
         candidates = kept.nonzero().squeeze(1)
         order = torch.randperm(len(candidates), generator=generator)
         kept[candidates[order[:extra]]] = False
-    size_x, size_y, _ = transform.nx.tolist()
+    size_x, size_y, _ = transform.grid_cells.tolist()
     flat = (cells[:, 2] * size_x + cells[:, 0]) * size_y + cells[:, 1]
-    num_cells = int(transform.nx.prod())
+    num_cells = int(transform.grid_cells.prod())
     flat = torch.where(kept, flat, num_cells)
     rows, cols = transform.config.feature_size
     bins, channels = transform.config.depth_bins, transform.config.context_channels

@@ -6,7 +6,10 @@ geometry, semantic (B, N, C, h, w) ──depth net──> depth logits (bins) + 
 ──downsample (3 convs, stride 2 in the middle)──> bev (B, C_ctx, X', Y') ──1x1──> prediction
 
 The official `DepthLSSTransformGT` (BEVFusion's LSS with the depth net on the geometry map);
-parameter and buffer names are the official ones, so its state dict loads as is. BEV maps are
+parameter names are the official ones, so its state dict loads as is. The grid buffers, derived
+from the config, are named for what they hold (the official `dx`, `bx`, `nx`: `cell_size`,
+`first_cell_centre`, `grid_cells`); a state dict that carries the official ones (the official
+checkpoints, ours before the rename) loads when they agree with the config. BEV maps are
 (B, C, X, Y): x on dim -2, y on dim -1. The frustum geometry and the pooling run in float32 with
 autocast off (the official decorates them `force_fp32`): bfloat16 coordinates near 50 m are 0.25 m
 apart, most of a 0.3 m cell, and sums of hundreds of frustum features need float32 too.
@@ -98,10 +101,15 @@ class DepthLSS(nn.Module):
         self.config = config
         width, context, eps = config.in_channels, config.context_channels, config.norm_eps
         steps = [step for _, _, step in config.bounds]
-        self.register_buffer("dx", torch.tensor(steps, dtype=torch.float32))
         centres = [low + step / 2 for low, _, step in config.bounds]
-        self.register_buffer("bx", torch.tensor(centres, dtype=torch.float32))
-        self.register_buffer("nx", torch.tensor(config.grid_size, dtype=torch.int64))
+        grid = {
+            "cell_size": torch.tensor(steps, dtype=torch.float32),  # (x, y, z) metres
+            "first_cell_centre": torch.tensor(centres, dtype=torch.float32),
+            "grid_cells": torch.tensor(config.grid_size, dtype=torch.int64),  # (X, Y, Z)
+        }
+        for name, value in grid.items():
+            self.register_buffer(name, value, persistent=False)  # the config defines them
+        self.register_load_state_dict_pre_hook(_accept_official_grid_buffers)
         self.register_buffer("frustum", self._create_frustum())
         self.depthnet = nn.Sequential(
             *_conv_bn_relu(2 * width, width, eps, bias=True),
@@ -153,9 +161,10 @@ class DepthLSS(nn.Module):
         any cell index outside the grid get the spare index `num_cells` (dropped).
         """
         batch = points.shape[0]
-        size_x, size_y, size_z = self.nx.tolist()
-        cells = ((points - (self.bx - self.dx / 2.0)) / self.dx).long()
-        kept = ((cells >= 0) & (cells < self.nx)).all(dim=-1)  # (B, N, D, h, w)
+        size_x, size_y, size_z = self.grid_cells.tolist()
+        lower = self.first_cell_centre - self.cell_size / 2.0
+        cells = ((points - lower) / self.cell_size).long()
+        kept = ((cells >= 0) & (cells < self.grid_cells)).all(dim=-1)  # (B, N, D, h, w)
         sample = torch.arange(batch, device=cells.device).view(batch, 1, 1, 1, 1)
         flat = ((sample * size_z + cells[..., 2]) * size_x + cells[..., 0]) * size_y + cells[..., 1]
         num_cells = batch * size_z * size_x * size_y
@@ -163,7 +172,7 @@ class DepthLSS(nn.Module):
 
     def to_bev(self, pooled: Tensor, batch: int) -> Tensor:
         """(B * Z * X * Y, C) cell sums -> the (B, Z * C, X, Y) map."""
-        size_x, size_y, size_z = self.nx.tolist()
+        size_x, size_y, size_z = self.grid_cells.tolist()
         pooled = pooled.view(batch, size_z, size_x, size_y, -1)
         return pooled.permute(0, 1, 4, 2, 3).reshape(batch, -1, size_x, size_y)
 
@@ -205,6 +214,29 @@ class DepthLSS(nn.Module):
             )
         if tuple(lidar_aug.shape) != (batch, 4, 4):
             raise ValueError(f"expected lidar_aug ({batch}, 4, 4), got {tuple(lidar_aug.shape)}")
+
+
+OFFICIAL_GRID_BUFFERS = {"dx": "cell_size", "bx": "first_cell_centre", "nx": "grid_cells"}
+
+
+def _accept_official_grid_buffers(
+    module: DepthLSS, state_dict: dict[str, Tensor], prefix: str, *args: object
+) -> None:
+    """Drop the official `dx`/`bx`/`nx` from a state dict being loaded once they match the
+    config's grid; a checkpoint made for another grid is refused, naming both values."""
+    for official, ours in OFFICIAL_GRID_BUFFERS.items():
+        value = state_dict.pop(prefix + official, None)
+        if value is None:
+            continue
+        expected = getattr(module, ours)
+        if value.shape != expected.shape or not torch.allclose(
+            value.to(expected), expected, rtol=1e-6, atol=1e-6
+        ):
+            raise ValueError(
+                f"{prefix}{official} ({ours}) in the checkpoint is {value.tolist()}, but the "
+                f"view transform's config gives {expected.tolist()} (xbound, ybound, zbound "
+                f"{module.config.bounds}): build the model with the checkpoint's grid"
+            )
 
 
 def geometry_key(cameras: CameraGeometry, lidar_aug: Tensor) -> str:

@@ -19,7 +19,7 @@ from geomim.pretrain.losses import (
     normalize_patches,
     reconstruction_loss,
 )
-from geomim.pretrain.view_transform import DepthLSS, ViewTransformConfig
+from geomim.pretrain.view_transform import OFFICIAL_GRID_BUFFERS, DepthLSS, ViewTransformConfig
 from tests.helpers import FIXTURES
 
 # the fixture's configuration (config.json): 64 x 352 images, 128 x 128 cells of 0.8 m
@@ -70,15 +70,39 @@ def official(request):
         assert last_backend("splat") == request.param
     finally:
         set_backend("splat", None)
-    return {"model": model, "io": io, "cameras": cameras, "outputs": outputs, "own": own_buffers}
+    return {
+        "model": model,
+        "io": io,
+        "cameras": cameras,
+        "outputs": outputs,
+        "own": own_buffers,
+        "state_dict": state_dict,
+    }
 
 
 def test_official_grid_and_frustum_buffers_are_rebuilt_from_the_config(official):
-    for name in ("dx", "bx", "nx", "frustum"):
-        assert official["own"][name].dtype == getattr(official["model"], name).dtype
-        torch.testing.assert_close(
-            official["own"][name], getattr(official["model"], name), atol=0, rtol=0
-        )
+    names = {**OFFICIAL_GRID_BUFFERS, "frustum": "frustum"}
+    for official_name, name in names.items():
+        theirs, ours = official["state_dict"][official_name], official["own"][name]
+        assert ours.dtype == theirs.dtype
+        torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
+        torch.testing.assert_close(getattr(official["model"], name), theirs, atol=0, rtol=0)
+
+
+def test_grid_buffers_are_left_out_of_our_state_dict_and_older_ones_still_load():
+    model = DepthLSS(SMALL)
+    state_dict = model.state_dict()
+    assert not set(OFFICIAL_GRID_BUFFERS) & set(state_dict)
+    assert not set(OFFICIAL_GRID_BUFFERS.values()) & set(state_dict)
+    older = {**state_dict, **{k: getattr(model, v) for k, v in OFFICIAL_GRID_BUFFERS.items()}}
+    DepthLSS(SMALL).load_state_dict(older, strict=True)
+
+
+def test_a_checkpoint_for_another_grid_is_refused_naming_both_grids():
+    model = DepthLSS(SMALL)
+    state_dict = {**model.state_dict(), "dx": torch.tensor([0.6, 0.6, 20.0])}
+    with pytest.raises(ValueError, match=r"dx \(cell_size\) in the checkpoint is \[0\.6"):
+        DepthLSS(SMALL).load_state_dict(state_dict)
 
 
 def test_frustum_points_match_the_official_ones(official):
@@ -289,7 +313,7 @@ def test_official_defaults_and_state_dict_names():
     assert "downsample.0.bias" not in shapes and "prediction_head.bias" in shapes
     assert shapes["prediction_head.weight"] == (256, 80, 1, 1)
     assert shapes["frustum"] == (118, 16, 44, 3)
-    assert model.nx.dtype == torch.int64
+    assert model.grid_cells.dtype == torch.int64
     assert ViewTransformConfig().grid_size == (360, 360, 1)
 
 
