@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def resume_command(run_dir: str | os.PathLike, world_size: int) -> str:
     """The command line that continues the run in `run_dir` as it was launched."""
-    from geomim.training.engine import CONFIG_FILE
+    from geomim.training.startup import CONFIG_FILE
 
     config = shlex.quote(str(Path(run_dir) / CONFIG_FILE))
     launcher = "python"

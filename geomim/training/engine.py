@@ -24,11 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from geomim.checkpoints import write_atomic
 from geomim.data.batch import MultiViewBatch
 from geomim.pretrain.masking import draw_group_masks
 from geomim.pretrain.model import GeoMIMPretrainer, PretrainOutput
@@ -39,13 +37,7 @@ from geomim.training.checkpointing import (
     restore_rng,
     save_checkpoint,
 )
-from geomim.training.config import (
-    ConfigError,
-    TrainConfig,
-    config_differences,
-    config_to_dict,
-    dump_config,
-)
+from geomim.training.config import ConfigError, TrainConfig
 from geomim.training.data import ResumableSampler, build_dataset, build_loader
 from geomim.training.determinism import deterministic
 from geomim.training.distributed import (
@@ -58,14 +50,13 @@ from geomim.training.distributed import (
     unwrap,
     wrap_model,
 )
-from geomim.training.metrics import MetricsWriter, truncate_metrics
+from geomim.training.metrics import MetricsWriter, window_record
 from geomim.training.optim import build_optimizer, build_scheduler
-from geomim.training.panel import training_panel
-from geomim.training.startup import clear_leftovers, discard_run
+from geomim.training.panel import write_step_panel
+from geomim.training.startup import prepare_run_dir
 from geomim.training.teacher_factory import build_teacher
 
 LOSSES = ("total", "reconstruction", "depth")
-CONFIG_FILE = "config.yaml"
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -240,7 +231,7 @@ def _train(
     )
     record = _resume(training, resume, context) if resume is not None else {}
     if context.is_main:  # the state has loaded: only now may the run folder change
-        _prepare_run_dir(run_dir, config, training.step, resume is not None, fresh)
+        prepare_run_dir(run_dir, config, training.step, resume is not None, fresh)
     writer = MetricsWriter(
         run_dir,
         length.total_steps,
@@ -307,11 +298,13 @@ def train_one_epoch(
         writer.step(result.losses, result.lr)
         if step % config.log.every == 0 or done:
             seconds = time.perf_counter() - window_start
-            record = _record(step, length.steps_per_epoch, window, seconds, config)
+            record = window_record(
+                step, length.steps_per_epoch, window, seconds, config.train.batch_size
+            )
             writer.log(record)
             window, window_start = [], time.perf_counter()
         if context.is_main and (step % config.log.panel_every == 0 or done):
-            _write_panel(run_dir, step, result, config)
+            write_step_panel(run_dir, step, result.batch, result.output, result.losses, config)
         if step % config.checkpoint.every == 0 or done:
             _save(training, length, record, config, context)
         if not done:
@@ -395,61 +388,3 @@ def _save(
         sharded=config.train.fsdp,
         keep_last=config.checkpoint.keep_last,
     )
-
-
-def _prepare_run_dir(
-    run_dir: Path, config: TrainConfig, step: int, resumed: bool, fresh: bool
-) -> None:
-    """Once the state to start from has loaded: create the run folder, discard an earlier run
-    (`fresh`), clear what killed runs left behind, save the resolved config, drop the metrics
-    records after `step` (the run logs them again)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if fresh and (discarded := discard_run(run_dir)):
-        print(f"--fresh: discarded the earlier run in {run_dir} ({discarded})")
-    clear_leftovers(run_dir)
-    config_path = run_dir / CONFIG_FILE
-    if resumed and config_path.is_file():
-        changed = config_differences(
-            yaml.safe_load(config_path.read_text()), config_to_dict(config)
-        )
-        if changed:
-            print(f"note: resuming with a changed config: {', '.join(changed)}")
-    text = dump_config(config)
-    write_atomic(config_path, lambda temp: Path(temp).write_text(text))
-    truncate_metrics(run_dir, step)
-
-
-def _record(
-    step: int, steps_per_epoch: int, window: list[StepResult], seconds: float, config: TrainConfig
-) -> dict[str, Any]:
-    """A metrics record: the window's mean losses and gradient norm, the last lr, the speed."""
-    record: dict[str, Any] = {"step": step, "epoch": round(step / steps_per_epoch, 4)}
-    for name in LOSSES:
-        key = "loss" if name == "total" else f"loss_{name}"
-        record[key] = sum(r.losses[name] for r in window) / len(window)
-    record["grad_norm"] = sum(r.grad_norm for r in window) / len(window)
-    record["lr"] = window[-1].lr
-    record["steps_per_s"] = round(len(window) / max(seconds, 1e-9), 4)
-    record["samples_per_s"] = round(len(window) * config.train.batch_size / max(seconds, 1e-9), 4)
-    return record
-
-
-def _write_panel(run_dir: Path, step: int, result: StepResult, config: TrainConfig) -> Path:
-    """The PNG panel of sample 0 of this step's last micro-batch (first mask group)."""
-    views = config.model.num_views
-    prediction = result.output.predictions[0]
-    batch = result.batch
-    losses = ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items())
-    image = training_panel(
-        batch.images[0],
-        prediction.depth[:views],
-        batch.depth_maps[0],
-        prediction.prediction[0],
-        result.output.teacher[0],
-        config.model.view_transform.dbound,
-        config.model.view_transform.stride,
-        title=f"step {step}: {losses}",
-    )
-    path = run_dir / "panels" / f"step-{step:08d}.png"
-    write_atomic(path, lambda temp: image.save(temp, format="PNG"))
-    return path

@@ -22,7 +22,7 @@ from geomim.training.checkpointing import (
     step_folders,
 )
 from geomim.training.config import TrainConfig, dump_config, load_config
-from geomim.training.engine import CONFIG_FILE
+from geomim.training.startup import CONFIG_FILE
 
 ENCODER_PREFIX = "camera_branch.encoder."
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
@@ -36,6 +37,31 @@ def truncate_metrics(run_dir: str | os.PathLike, last_step: int) -> None:
     kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= last_step]
     text = "".join(json.dumps(r) + "\n" for r in kept)
     write_atomic(path, lambda temp: Path(temp).write_text(text))
+
+
+class StepSummary(Protocol):
+    losses: dict[str, float]  # "total" and each term
+    grad_norm: float
+    lr: float
+
+
+def window_record(
+    step: int,
+    steps_per_epoch: int,
+    window: Sequence[StepSummary],
+    seconds: float,
+    batch_size: int,
+) -> dict[str, Any]:
+    """A metrics record: the window's mean losses and gradient norm, the last lr, the speed."""
+    record: dict[str, Any] = {"step": step, "epoch": round(step / steps_per_epoch, 4)}
+    for name in window[0].losses:
+        key = "loss" if name == "total" else f"loss_{name}"
+        record[key] = sum(r.losses[name] for r in window) / len(window)
+    record["grad_norm"] = sum(r.grad_norm for r in window) / len(window)
+    record["lr"] = window[-1].lr
+    record["steps_per_s"] = round(len(window) / max(seconds, 1e-9), 4)
+    record["samples_per_s"] = round(len(window) * batch_size / max(seconds, 1e-9), 4)
+    return record
 
 
 class MetricsWriter:

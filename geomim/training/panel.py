@@ -11,12 +11,23 @@ Composed with numpy and PIL only.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 
+from geomim.checkpoints import write_atomic
+
+if TYPE_CHECKING:
+    from geomim.data.batch import MultiViewBatch
+    from geomim.pretrain.model import PretrainOutput
+    from geomim.training.config import TrainConfig
+
+PANELS = "panels"  # the folder of a run that holds them
 TILE_HEIGHT = 128  # camera tiles are scaled to this height
 BEV_SIZE = 384
 LABEL_HEIGHT = 16
@@ -141,3 +152,28 @@ def training_panel(
         )
         canvas.paste(picture, (i * (BEV_SIZE + GAP), top))
     return canvas
+
+
+def write_step_panel(
+    run_dir: Path,
+    step: int,
+    batch: MultiViewBatch,
+    output: PretrainOutput,
+    losses: dict[str, float],
+    config: TrainConfig,
+) -> Path:
+    """`panels/step-N.png` in the run folder: sample 0 of a micro-batch, first mask group."""
+    prediction = output.predictions[0]
+    image = training_panel(
+        batch.images[0],
+        prediction.depth[: config.model.num_views],
+        batch.depth_maps[0],
+        prediction.prediction[0],
+        output.teacher[0],
+        config.model.view_transform.dbound,
+        config.model.view_transform.stride,
+        title=f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()),
+    )
+    path = Path(run_dir) / PANELS / f"step-{step:08d}.png"
+    write_atomic(path, lambda temp: image.save(temp, format="PNG"))
+    return path

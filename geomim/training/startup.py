@@ -17,17 +17,26 @@ from pathlib import Path
 
 import timm
 import torch
+import yaml
 
+from geomim.checkpoints import write_atomic
 from geomim.training.checkpointing import (
     checkpoint_problem,
     clear_partial_checkpoints,
     remove_checkpoints,
     step_folders,
 )
-from geomim.training.config import ConfigError, TrainConfig
-from geomim.training.metrics import METRICS_FILE, read_metrics
+from geomim.training.config import (
+    ConfigError,
+    TrainConfig,
+    config_differences,
+    config_to_dict,
+    dump_config,
+)
+from geomim.training.metrics import METRICS_FILE, read_metrics, truncate_metrics
+from geomim.training.panel import PANELS
 
-PANELS = "panels"
+CONFIG_FILE = "config.yaml"  # the resolved config of a run, in its folder
 TENSORBOARD = "tensorboard"
 # `geomim.checkpoints.write_atomic`'s temporary files: `.NAME.` + mkstemp's 8 characters + `.tmp`
 _WRITE_ATOMIC_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
@@ -171,3 +180,25 @@ def _check_dataset_folder(root: str, version: str) -> None:
             f"data.version: {folder.resolve()} has no {version}/ tables folder "
             f"(found {sorted(p.name for p in folder.iterdir() if p.name.startswith('v1.0'))})"
         )
+
+
+def prepare_run_dir(
+    run_dir: Path, config: TrainConfig, step: int, resumed: bool, fresh: bool
+) -> None:
+    """Once the state to start from has loaded: create the run folder, discard an earlier run
+    (`fresh`), clear what killed runs left behind, save the resolved config, drop the metrics
+    records after `step` (the run logs them again)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if fresh and (discarded := discard_run(run_dir)):
+        print(f"--fresh: discarded the earlier run in {run_dir} ({discarded})")
+    clear_leftovers(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if resumed and config_path.is_file():
+        changed = config_differences(
+            yaml.safe_load(config_path.read_text()), config_to_dict(config)
+        )
+        if changed:
+            print(f"note: resuming with a changed config: {', '.join(changed)}")
+    text = dump_config(config)
+    write_atomic(config_path, lambda temp: Path(temp).write_text(text))
+    truncate_metrics(run_dir, step)
