@@ -247,6 +247,19 @@ def test_cached_index_needs_no_devkit_and_follows_table_changes(dataroot, tmp_pa
         dataset(dataroot, cache_dir=cache)
 
 
+def test_the_index_keeps_the_configured_sweep_count_and_caches_each_count_apart(dataroot, tmp_path):
+    cache = tmp_path / "cache"
+    one = dataset(dataroot, cache_dir=cache, points=PointConfig(sweeps=1, stored_sweeps=1))
+    recipe = dataset(dataroot, cache_dir=cache)
+    assert len(list(cache.glob("index-*.npz"))) == 2
+    last = len(recipe) - 1  # the dataset's sweeps before it: more than one
+    assert len(one.index.entry(last)["sweeps"]) == 1
+    assert len(recipe.index.entry(last)["sweeps"]) > 1
+    nearest, same = one.index.entry(last)["sweeps"][0], recipe.index.entry(last)["sweeps"][0]
+    assert (nearest["path"], nearest["timestamp"]) == (same["path"], same["timestamp"])
+    np.testing.assert_array_equal(nearest["sensor_to_lidar"], same["sensor_to_lidar"])
+
+
 def test_loader_batches_with_workers(dataroot):
     loader = DataLoader(
         dataset(dataroot), batch_size=2, num_workers=2, collate_fn=collate_multiview
