@@ -7,19 +7,16 @@ views apart. A simple feature pyramid (ViTDet) turns the stride-16 map into stri
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from timm.layers import ClassifierHead, LayerNorm2d, trunc_normal_
-from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from geomim.checkpoints import fit_to_model
 from geomim.layers import (
     CrossViewAttention,
     PatchEmbed,
@@ -31,15 +28,14 @@ from geomim.layers import (
 from geomim.models._base import MultiViewBackbone
 from geomim.models._factory import (
     OutIndices,
-    backbone_cfg,
     check_indices,
     check_int,
     check_ints,
     check_rate,
     check_real,
-    create_backbone,
     init_linear_weights,
 )
+from geomim.models.cva_vit_convert import cva_vit_checkpoint_filter_fn
 
 
 class SimpleFeaturePyramid(nn.Module):
@@ -78,9 +74,7 @@ class GeoMIMViT(MultiViewBackbone):
     stride 8/16/32 feature pyramid. Images: (B, N, 3, H, W), or (B*N, 3, H, W) with N = num_views.
     """
 
-    @staticmethod
-    def checkpoint_filter(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-        return cva_vit_checkpoint_filter_fn(state_dict, model)
+    checkpoint_filter = staticmethod(cva_vit_checkpoint_filter_fn)
 
     def __init__(
         self,
@@ -317,30 +311,6 @@ class GeoMIMViT(MultiViewBackbone):
         return unfold_views(final, num_views)
 
 
-# The pyramid's keys: its levels are built per out_indices, and pretraining trains none.
-PYRAMID_KEYS = re.compile(r"^pyramid\.")
-
-
-def cva_vit_checkpoint_filter_fn(
-    state_dict: dict[str, Tensor], model: nn.Module
-) -> dict[str, Tensor]:
-    """A CVA-ViT state dict (optionally under `module.`) fitted to `model`, position embedding
-    resized to the model's grid; missing or unexpected keys are an error that lists them.
-
-    Pyramid levels are built per `out_indices`: those of the checkpoint the model lacks are
-    dropped, and levels the checkpoint lacks (an encoder from pretraining) keep their fresh
-    initialisation; both are logged."""
-    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    return fit_to_model(
-        state_dict,
-        model,
-        "CVA-ViT",
-        resize=_resize_pos_embed,
-        optional=PYRAMID_KEYS,
-        fresh=PYRAMID_KEYS,
-    )
-
-
 def _check_architecture(embed_dim: int, depth: int, num_heads: int, patch_size: int) -> None:
     """Raise `ValueError` naming the argument unless the encoder's sizes fit together."""
     check_int("embed_dim", embed_dim, 2)  # the pyramid's x2 level has embed_dim // 2 channels
@@ -356,68 +326,3 @@ def _check_architecture(embed_dim: int, depth: int, num_heads: int, patch_size: 
             f"patch_size must be even (the pyramid's finest level is at stride patch_size / 2), "
             f"got {patch_size}"
         )
-
-
-def _resize_pos_embed(key: str, value: Tensor, expected: Tensor) -> Tensor:
-    if key != "pos_embed" or value.ndim != 4 or value.shape[1] != expected.shape[1]:
-        return value
-    return nn.functional.interpolate(
-        value, size=expected.shape[-2:], mode="bicubic", align_corners=False
-    )
-
-
-ARCHITECTURES: dict[str, dict] = {
-    "geomim_vit_small": dict(embed_dim=384, depth=12, num_heads=6),
-    "geomim_vit_base": dict(embed_dim=768, depth=12, num_heads=12),
-    "geomim_vit_large": dict(embed_dim=1024, depth=24, num_heads=16),
-}
-
-WEIGHTS_HELP = (
-    "No CVA-ViT weights have been released yet; load a checkpoint of your own:\n"
-    "    timm.create_model({variant!r}, pretrained=True, "
-    "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors'))"
-)
-
-default_cfgs = generate_default_cfgs(
-    {
-        f"{variant}.nuscenes": backbone_cfg(
-            (3, 256, 704),
-            feature_stride=16,  # forward_features: the stride-16 map
-            min_side=16,
-            hf_hub_id=f"geomim/{variant}.nuscenes",
-            license="apache-2.0",
-            notes=("input: whole rigs of num_views images, (B, N, 3, H, W) or (B*N, 3, H, W)",),
-        )
-        for variant in ARCHITECTURES
-    }
-)
-
-
-def _create_geomim_vit(variant: str, pretrained: bool = False, **kwargs) -> GeoMIMViT:
-    return create_backbone(
-        GeoMIMViT,
-        variant,
-        pretrained,
-        filter_fn=cva_vit_checkpoint_filter_fn,
-        how_to_get_weights=WEIGHTS_HELP,
-        default_out_indices=(0, 1, 2),
-        **{**ARCHITECTURES[variant], **kwargs},
-    )
-
-
-@register_model
-def geomim_vit_small(pretrained: bool = False, **kwargs) -> GeoMIMViT:
-    """CVA-ViT-S/16 (384 wide, 12 blocks, CVA after blocks 2, 5, 8, 11)."""
-    return _create_geomim_vit("geomim_vit_small", pretrained, **kwargs)
-
-
-@register_model
-def geomim_vit_base(pretrained: bool = False, **kwargs) -> GeoMIMViT:
-    """CVA-ViT-B/16 (768 wide, 12 blocks, CVA after blocks 2, 5, 8, 11)."""
-    return _create_geomim_vit("geomim_vit_base", pretrained, **kwargs)
-
-
-@register_model
-def geomim_vit_large(pretrained: bool = False, **kwargs) -> GeoMIMViT:
-    """CVA-ViT-L/16 (1024 wide, 24 blocks, CVA after blocks 5, 11, 17, 23)."""
-    return _create_geomim_vit("geomim_vit_large", pretrained, **kwargs)
