@@ -87,9 +87,12 @@ class LoopConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # the same run twice, bit for bit, on one machine with the same thread count (slower ops)
     deterministic: bool = False
+    threads: int | None = None  # CPU threads per rank (torch.set_num_threads); null: as set
 
     def __post_init__(self) -> None:
         _at_least(self, epochs=1, batch_size=1, micro_batch=1, seed=0)
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or null, got {self.threads}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or null, got {self.max_steps}")
 

@@ -39,7 +39,7 @@ from geomim.training.checkpointing import (
 )
 from geomim.training.config import ConfigError, TrainConfig
 from geomim.training.data import ResumableSampler, build_dataset, build_loader
-from geomim.training.determinism import deterministic
+from geomim.training.determinism import adopt_threads, reproducibility
 from geomim.training.distributed import (
     DistributedContext,
     StopRequest,
@@ -202,7 +202,7 @@ def train(
     """Run (or resume) the training a config describes; returns the last metrics record.
     `fresh`: discard an earlier run in the run folder first. `stop`: once set (on any rank), the
     run ends at the next step boundary with a checkpoint, raising `TrainingStopped`."""
-    with deterministic(config.train.deterministic):
+    with reproducibility(config.train.deterministic, config.train.threads):
         return _train(config, context, resume, fresh, stop)
 
 
@@ -229,7 +229,7 @@ def _train(
         build_scheduler(optimizer, length.total_steps, config.optim),
         torch.amp.GradScaler(context.device.type, enabled=config.train.precision == "fp16"),
     )
-    record = _resume(training, resume, context) if resume is not None else {}
+    record = _resume(training, resume, config, context) if resume is not None else {}
     if context.is_main:  # the state has loaded: only now may the run folder change
         prepare_run_dir(run_dir, config, training.step, resume is not None, fresh)
     writer = MetricsWriter(
@@ -314,9 +314,12 @@ def train_one_epoch(
     return record
 
 
-def _resume(training: Training, path: Path, context: DistributedContext) -> dict[str, Any]:
-    """Restore every state from a checkpoint; returns its last metrics record. A checkpoint
-    that does not load is a `ConfigError` (the run folder is not changed yet)."""
+def _resume(
+    training: Training, path: Path, config: TrainConfig, context: DistributedContext
+) -> dict[str, Any]:
+    """Restore every state from a checkpoint (and, for a deterministic run, its CPU thread
+    count); returns its last metrics record. A checkpoint that does not load is a `ConfigError`
+    (the run folder is not changed yet)."""
     from safetensors import SafetensorError
     from torch.distributed.checkpoint import CheckpointException
 
@@ -335,6 +338,10 @@ def _resume(training: Training, path: Path, context: DistributedContext) -> dict
         ) from error
     if state["world_size"] == context.world_size:  # else each rank keeps its fresh seed
         restore_rng(state["rng"][context.rank])
+    if config.train.deterministic:
+        note = adopt_threads(state.get("cpu_threads"), config.train.threads)
+        if note and context.is_main:
+            print(note)
     training.checkpoint = Path(path)
     return state.get("metrics", {})
 
@@ -383,6 +390,7 @@ def _save(
             "scheduler": training.scheduler.state_dict(),
             "scaler": training.scaler.state_dict(),
             "metrics": record,
+            "cpu_threads": torch.get_num_threads(),
         },
         context,
         sharded=config.train.fsdp,
