@@ -15,7 +15,9 @@
 #   backbone      benchmarks/backbone.py --device cuda --batch 4   (images/s fp32/tf32/bf16)
 #   nccl          torchrun (1 process, NCCL) python -m geomim.train on random rig samples
 #   kernels-bf16  benchmarks/kernels.py --dtype bfloat16
-# Output: $OUT/{check,kernels-fp32,kernels-bf16,pretrain,backbone,steps}.json and $OUT/gpu.log
+#   deterministic benchmarks/deterministic_runs.py                 (train.deterministic bit-exact?)
+# Output: $OUT/{check,kernels-fp32,kernels-bf16,pretrain,backbone,deterministic,steps}.json and
+# $OUT/gpu.log
 # (8 files at most come back from the device tool; everything else goes to a temp folder).
 #
 # A rerun of part of it: SKIP="tests backbone" leaves those steps out; CHECK_ARGS and
@@ -40,8 +42,8 @@ read -ra KERNELS_ARGS <<<"${KERNELS_ARGS:-}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 LOG="$OUT/gpu.log"
-STEPS="$OUT/steps.jsonl"
 SCRATCH="$(mktemp -d)"
+STEPS="$SCRATCH/steps.jsonl"
 : >"$LOG"
 : >"$STEPS"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -111,6 +113,8 @@ print('bf16' if n() else 'fp32')")
     run kernels-bf16 120 "$PYTHON" benchmarks/kernels.py --device cpu --quick --skip-flex \
         --dtype bfloat16 --repeats 1 --warmup 0 --ops attention --out "$OUT/kernels-bf16.json" \
         "${KERNELS_ARGS[@]}"
+    run deterministic 120 "$PYTHON" benchmarks/deterministic_runs.py --device cpu --steps 2 \
+        --out "$OUT/deterministic.json"
 else
     DEVICE=cuda
     run install 60 bash -c "$INSTALL"
@@ -129,6 +133,8 @@ else
         "run_dir=$SCRATCH/run"
     run kernels-bf16 75 "$PYTHON" benchmarks/kernels.py --device cuda --dtype bfloat16 \
         --ops attention cross_view --out "$OUT/kernels-bf16.json" "${KERNELS_ARGS[@]}"
+    run deterministic 90 "$PYTHON" benchmarks/deterministic_runs.py --device cuda --steps 4 \
+        --precision bf16 --out "$OUT/deterministic.json"
 fi
 
 "$PYTHON" - "$STEPS" "$OUT/steps.json" "$DEVICE" "$(($(date +%s) - START))" <<'EOF'

@@ -18,8 +18,17 @@ STEPS = [
     "backbone",
     "nccl",
     "kernels-bf16",
+    "deterministic",
 ]
-REPORTS = ["check", "kernels-fp32", "kernels-bf16", "pretrain", "backbone", "steps"]
+REPORTS = [
+    "check",
+    "kernels-fp32",
+    "kernels-bf16",
+    "pretrain",
+    "backbone",
+    "deterministic",
+    "steps",
+]
 
 
 def test_the_dry_run_takes_every_step_and_brings_back_few_enough_files(tmp_path):
