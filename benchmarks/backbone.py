@@ -25,6 +25,7 @@ import torch
 from common import (
     GEMM_SIZE,
     ISA_ENVIRONMENT,
+    background_load,
     gemm_job,
     machine_info,
     run_under_isa,
@@ -75,6 +76,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/backbone.json"))
     parser.add_argument("--skip-bf16", action="store_true", help="time fp32 only")
+    parser.add_argument(
+        "--load", type=int, default=0, metavar="N",
+        help="N busy processes running beside the timing (a shared machine)",
+    )  # fmt: skip
     parser.add_argument(
         "--force-bf16", action="store_true", help="time bf16 even without native CPU support"
     )
@@ -269,7 +274,10 @@ def main() -> None:
         gemm = gemm_job(config.dtype, device=args.device)
         jobs[name] = lambda gemm=gemm, config=config: _under_tf32(gemm, config.tf32)
     print(f"timing {len(jobs)} jobs: {args.warmup} warmup + {args.repeats} rounds")
-    times, outputs = time_rounds(jobs, args.repeats, args.warmup)
+    if args.load:
+        print(f"with {args.load} busy background process(es)")
+    with background_load(args.load):
+        times, outputs = time_rounds(jobs, args.repeats, args.warmup)
     gemm_flops = 2 * GEMM_SIZE**3
     peaks = {
         gemm_name(config): gemm_flops / statistics.median(times[name]) / 1e9

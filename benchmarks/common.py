@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -11,7 +12,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -50,6 +51,9 @@ def machine_info() -> dict:
         "cpu": cpu.get("model name", platform.processor() or platform.machine()),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
+        "openmp_environment": {
+            k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_"))
+        },
         "bf16_flags": flags,
         "native_bf16": native_cpu_bf16(),  # the flags, and ATen running its AVX-512 kernels
     }
@@ -81,6 +85,19 @@ def run_under_isa(isa: str | None) -> str | None:
     note = EMULATION_NOTE.format(isa=isa.upper())
     print(f"cpu capability {torch.backends.cpu.get_cpu_capability()} ({note})")
     return note
+
+
+@contextlib.contextmanager
+def background_load(processes: int) -> Iterator[None]:
+    """`processes` busy Python loops running beside the benchmark (other work on a shared
+    machine, as users time on), stopped on exit."""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
 
 
 GEMM_SIZE = 4096  # the square matmul that stands for the machine's GEMM ceiling

@@ -1,4 +1,5 @@
-"""The training data: the dataset a config names, a resumable distributed sampler, the loader.
+"""The training data: the dataset a config names, a resumable distributed sampler, the loader,
+and how the dataset falls into steps.
 
 Sample order does not depend on the number of ranks: the epoch's permutation is drawn from
 (seed, epoch), rank r takes its entries r, r + W, r + 2W, ..., so the k-th micro-batch of every
@@ -10,6 +11,7 @@ from __future__ import annotations
 import itertools
 import signal
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -91,3 +93,26 @@ def _ignore_interrupts(worker: int) -> None:
     """Ctrl-C is the main process's to handle (it stops the run at a step boundary), also where
     workers are spawned rather than forked with its handler."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """How the run's steps fall: per epoch, in all, and micro-batches per rank per step."""
+
+    dataset_size: int
+    steps_per_epoch: int
+    total_steps: int
+    accumulation: int
+
+
+def run_length(config: TrainConfig, dataset_size: int, world_size: int) -> RunLength:
+    """Steps per epoch (whole global batches), steps in all, micro-batches per rank per step."""
+    steps_per_epoch = dataset_size // config.train.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"the dataset at {config.data.root} has {dataset_size} samples, fewer than one "
+            f"batch (train.batch_size {config.train.batch_size})"
+        )
+    total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
+    accumulation = config.train.accumulation(world_size)
+    return RunLength(dataset_size, steps_per_epoch, total_steps, accumulation)

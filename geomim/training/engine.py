@@ -38,7 +38,14 @@ from geomim.training.checkpointing import (
     save_checkpoint,
 )
 from geomim.training.config import ConfigError, TrainConfig
-from geomim.training.data import ResumableSampler, build_dataset, build_loader
+from geomim.training.cpu_contention import contention_hint
+from geomim.training.data import (
+    ResumableSampler,
+    RunLength,
+    build_dataset,
+    build_loader,
+    run_length,
+)
 from geomim.training.determinism import adopt_threads, reproducibility
 from geomim.training.distributed import (
     DistributedContext,
@@ -94,16 +101,6 @@ class TrainingStopped(Exception):
         self.received = received
         self.step = step
         self.checkpoint = checkpoint
-
-
-@dataclass(frozen=True)
-class RunLength:
-    """How the run's steps fall: per epoch, in all, and micro-batches per rank per step."""
-
-    dataset_size: int
-    steps_per_epoch: int
-    total_steps: int
-    accumulation: int
 
 
 def build_model(config: TrainConfig) -> GeoMIMPretrainer:
@@ -214,6 +211,9 @@ def _train(
     stop: StopRequest | None,
 ) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
+    on_cpu = context.is_main and context.device.type == "cpu"
+    if on_cpu and (hint := contention_hint(torch.get_num_threads())):
+        print(hint)
     dataset = build_dataset(config) if context.is_main else None
     barrier()  # rank 0 has written the data index cache
     if dataset is None:
@@ -255,19 +255,6 @@ def _train(
     finally:
         writer.close()
     return record
-
-
-def run_length(config: TrainConfig, dataset_size: int, world_size: int) -> RunLength:
-    """Steps per epoch (whole global batches), steps in all, micro-batches per rank per step."""
-    steps_per_epoch = dataset_size // config.train.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"the dataset at {config.data.root} has {dataset_size} samples, fewer than one "
-            f"batch (train.batch_size {config.train.batch_size})"
-        )
-    total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
-    accumulation = config.train.accumulation(world_size)
-    return RunLength(dataset_size, steps_per_epoch, total_steps, accumulation)
 
 
 def train_one_epoch(
