@@ -88,6 +88,8 @@ class LoopConfig:
     # the same run twice, bit for bit, on one machine with the same thread count (slower ops)
     deterministic: bool = False
     threads: int | None = None  # CPU threads per rank (torch.set_num_threads); null: as set
+    # on a CPU, keep freed memory for reuse (geomim.allocator): ~1.3x faster base steps
+    keep_freed_memory: bool = True
 
     def __post_init__(self) -> None:
         _at_least(self, epochs=1, batch_size=1, micro_batch=1, seed=0)

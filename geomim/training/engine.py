@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from geomim.allocator import keep_freed_memory
 from geomim.data.batch import MultiViewBatch
 from geomim.pretrain.masking import draw_group_masks
 from geomim.pretrain.model import GeoMIMPretrainer, PretrainOutput
@@ -211,6 +212,8 @@ def _train(
     stop: StopRequest | None,
 ) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
+    if context.device.type == "cpu" and config.train.keep_freed_memory:
+        keep_freed_memory()  # for the rest of the process
     on_cpu = context.is_main and context.device.type == "cpu"
     if on_cpu and (hint := contention_hint(torch.get_num_threads())):
         print(hint)

@@ -1,0 +1,43 @@
+"""geomim.allocator: freed memory stays in the process, so a new large tensor of the same size
+does not page-fault its memory in again."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from geomim.allocator import keep_freed_memory
+
+FAULTS = """
+import json, resource, sys, torch
+from geomim.allocator import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else False
+faults = []
+for _ in range(4):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB, written, then freed
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"kept": kept, "faults": faults}))
+"""
+
+
+def page_faults(mode: str) -> dict:
+    run = subprocess.run(
+        [sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True
+    )
+    return json.loads(run.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc: Linux")
+def test_a_freed_block_is_reused_without_page_faults():
+    system, kept = page_faults("system"), page_faults("keep")
+    pages = (64 << 20) // 4096
+    assert min(system["faults"][2:]) > pages // 2  # glibc maps and unmaps it every time
+    assert kept["kept"] and max(kept["faults"][2:]) < pages // 20  # the heap keeps it
+
+
+def test_it_is_idempotent():
+    assert keep_freed_memory() == keep_freed_memory()
