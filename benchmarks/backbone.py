@@ -35,6 +35,8 @@ from common import (
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from geomim.allocator import keep_freed_memory
+
 FP32_PARITY_TOL = 1e-4
 TARGETS = {"geomim fp32": 1.4, "geomim bf16 autocast": 3.0}
 REFERENCE = "reference fp32"
@@ -76,6 +78,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/backbone.json"))
     parser.add_argument("--skip-bf16", action="store_true", help="time fp32 only")
+    parser.add_argument(
+        "--malloc", choices=("system", "keep"), default="system",
+        help="keep: geomim.allocator.keep_freed_memory() first (freed memory stays for reuse)",
+    )  # fmt: skip
     parser.add_argument(
         "--load", type=int, default=0, metavar="N",
         help="N busy processes running beside the timing (a shared machine)",
@@ -256,6 +262,7 @@ def main() -> None:
     args = parse_args()
     emulation = run_under_isa(args.isa)
     info = machine_info() | {"isa_emulation": emulation}
+    info["keeps_freed_memory"] = args.malloc == "keep" and keep_freed_memory()
     for key in ("torch", "cpu", "cpu_capability", "threads", "bf16_flags"):
         print(f"{key}: {info[key]}")
     if args.device == "cuda":
