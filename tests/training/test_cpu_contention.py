@@ -15,6 +15,7 @@ def test_a_busy_core_under_two_threads_gets_a_hint_naming_the_remedies(monkeypat
 def test_no_hint_when_the_threads_fit_the_free_cores_or_the_policy_is_chosen(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert contention_hint(threads=2, cores=2, load_average=0.3) is None
+    assert contention_hint(threads=2, cores=2, load_average=0.6) is None  # a job just ended
     assert contention_hint(threads=4, cores=16, load_average=8.0) is None
     assert contention_hint(threads=1, cores=2, load_average=1.2) is None
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
