@@ -26,7 +26,7 @@ def contention_hint(
         except OSError:  # no load average on this platform
             return None
     free = cores - load_average
-    if free > threads - 0.75:  # most of a core taken: a lagging average of a finished job is not
+    if free > threads - 0.75:  # hint once most of a core is taken (0.6 may be a finished job)
         return None
     fitting = max(1, round(free))
     return (
