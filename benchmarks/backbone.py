@@ -25,6 +25,8 @@ import torch
 from common import (
     GEMM_SIZE,
     ISA_ENVIRONMENT,
+    add_malloc_argument,
+    apply_malloc,
     background_load,
     gemm_job,
     machine_info,
@@ -34,8 +36,6 @@ from common import (
 )
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
-
-from geomim.allocator import keep_freed_memory
 
 FP32_PARITY_TOL = 1e-4
 TARGETS = {"geomim fp32": 1.4, "geomim bf16 autocast": 3.0}
@@ -78,10 +78,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/backbone.json"))
     parser.add_argument("--skip-bf16", action="store_true", help="time fp32 only")
-    parser.add_argument(
-        "--malloc", choices=("system", "keep"), default="system",
-        help="keep: geomim.allocator.keep_freed_memory() first (freed memory stays for reuse)",
-    )  # fmt: skip
+    add_malloc_argument(parser, default="system")  # a user's process, for inference
     parser.add_argument(
         "--load", type=int, default=0, metavar="N",
         help="N busy processes running beside the timing (a shared machine)",
@@ -262,7 +259,7 @@ def main() -> None:
     args = parse_args()
     emulation = run_under_isa(args.isa)
     info = machine_info() | {"isa_emulation": emulation}
-    info["keeps_freed_memory"] = args.malloc == "keep" and keep_freed_memory()
+    info["keeps_freed_memory"] = apply_malloc(args.malloc)
     for key in ("torch", "cpu", "cpu_capability", "threads", "bf16_flags"):
         print(f"{key}: {info[key]}")
     if args.device == "cuda":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -20,6 +21,7 @@ import timm
 import torch
 
 import geomim
+from geomim.allocator import keep_freed_memory
 from geomim.check.system import native_cpu_bf16
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -85,6 +87,21 @@ def run_under_isa(isa: str | None) -> str | None:
     note = EMULATION_NOTE.format(isa=isa.upper())
     print(f"cpu capability {torch.backends.cpu.get_cpu_capability()} ({note})")
     return note
+
+
+def add_malloc_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """`--malloc keep|system`: whether the benchmark first keeps freed memory for reuse
+    (`geomim.allocator.keep_freed_memory`, as `geomim.train` runs on a CPU) or leaves glibc's
+    defaults (as a user's own process has them)."""
+    parser.add_argument(
+        "--malloc", choices=("keep", "system"), default=default,
+        help="keep: geomim.allocator.keep_freed_memory() first; system: glibc's defaults",
+    )  # fmt: skip
+
+
+def apply_malloc(choice: str) -> bool:
+    """Apply a `--malloc` choice; whether freed memory is now kept for reuse."""
+    return choice == "keep" and keep_freed_memory()
 
 
 @contextlib.contextmanager

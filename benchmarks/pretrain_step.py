@@ -44,6 +44,8 @@ import torch
 from common import (
     GEMM_SIZE,
     ISA_ENVIRONMENT,
+    add_malloc_argument,
+    apply_malloc,
     gemm_job,
     machine_info,
     run_under_isa,
@@ -55,7 +57,6 @@ from timm.models.vision_transformer import Attention
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from geomim.allocator import keep_freed_memory
 from geomim.data.rig import OFFICIAL_IMAGE_SIZE, rig_batch, rig_cameras
 from geomim.kernels.bev_pool import bev_pool, reference_bev_pool
 from geomim.pretrain import view_transform as view_transform_module
@@ -131,11 +132,7 @@ def parse_args() -> argparse.Namespace:
         "--pool-drop", type=float, default=0.2, help="share of frustum points out of range"
     )
     parser.add_argument("--skip-pool", action="store_true", help="no BEV-pooling part")
-    parser.add_argument(
-        "--malloc", choices=("keep", "system"), default="keep",
-        help="keep: freed memory stays for reuse (geomim.allocator, as geomim.train runs on a "
-        "CPU) in every config but the official formulation's; system: glibc's defaults",
-    )  # fmt: skip
+    add_malloc_argument(parser, default="keep")  # as geomim.train; not for the official row
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pretrain_step.json"))
     parser.add_argument("--only", choices=list(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -213,7 +210,7 @@ def build_step(config: StepConfig, num_points: int) -> tuple[Callable[[], float]
 def run_only(config: StepConfig, repeats: int, warmup: int, num_points: int, malloc: str) -> dict:
     """Build model, optimizer and batch; time `warmup` + `repeats` training steps. The official
     formulation runs with the system allocator, as the official code does."""
-    kept = malloc == "keep" and not config.official and keep_freed_memory()
+    kept = not config.official and apply_malloc(malloc)
     start = time.perf_counter()
     step, trainable = build_step(config, num_points)
     build_s = time.perf_counter() - start

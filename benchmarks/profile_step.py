@@ -17,10 +17,14 @@ import time
 from pathlib import Path
 
 import torch
-from common import ISA_ENVIRONMENT, machine_info, run_under_isa
+from common import (
+    ISA_ENVIRONMENT,
+    add_malloc_argument,
+    apply_malloc,
+    machine_info,
+    run_under_isa,
+)
 from pretrain_step import CONFIGS, TARGET_CONFIG, build_step
-
-from geomim.allocator import keep_freed_memory
 
 # ops whose self time is matrix products (BLAS / oneDNN): the part a faster GEMM would speed up
 GEMM_OPS = {
@@ -44,10 +48,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--isa", choices=sorted(ISA_ENVIRONMENT), help="emulate this ISA only")
     parser.add_argument("--points", type=int, default=200_000, help="LiDAR points per sample")
     parser.add_argument("--top", type=int, default=20, help="ops in the table")
-    parser.add_argument(
-        "--malloc", choices=("keep", "system"), default="keep",
-        help="keep: freed memory stays for reuse (as geomim.train runs); system: glibc's defaults",
-    )  # fmt: skip
+    add_malloc_argument(parser, default="keep")  # as geomim.train; not for the official row
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/profile_step.json"))
     return parser.parse_args()
 
@@ -57,8 +58,7 @@ def main() -> None:
     emulation = run_under_isa(args.isa)
     info = machine_info() | {"isa_emulation": emulation}
     print(f"cpu capability {info['cpu_capability']}, {info['threads']} threads, {args.config}")
-    if args.malloc == "keep" and not CONFIGS[args.config].official:
-        info["keeps_freed_memory"] = keep_freed_memory()
+    info["keeps_freed_memory"] = not CONFIGS[args.config].official and apply_malloc(args.malloc)
     step, _ = build_step(CONFIGS[args.config], args.points)
     step()  # untimed: first-touch allocations and caches
     start = time.perf_counter()

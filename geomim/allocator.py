@@ -7,7 +7,7 @@ every step then costs fresh zeroed pages (the first write to each 4 KiB page is 
 geomim_base's sizes that is ~1 GB/s, slower than the copy it interrupts). With this setting the
 memory stays in the heap and is reused. Measured on a 2-core AMD EPYC (`python
 benchmarks/pretrain_step.py --configs "base, recipe default"`): the base pretraining step 54.7 s
--> 42.9 s, peak RSS 9.0 -> 9.6 GiB. jemalloc or tcmalloc (`LD_PRELOAD`) do the same, and more.
+-> 42.6 s, peak RSS 9.0 -> 9.5 GiB. jemalloc or tcmalloc (`LD_PRELOAD`) do the same, and more.
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ def run_summary(run_dir: str | os.PathLike) -> str:
     """Where a finished run's outputs are: folder, last checkpoint, metrics, newest panel."""
     from geomim.training.checkpointing import latest_checkpoint
     from geomim.training.metrics import METRICS_FILE
-    from geomim.training.startup import PANELS
+    from geomim.training.panel import PANELS
 
     run_dir = Path(run_dir)
     panels = sorted((run_dir / PANELS).glob("step-*.png"))

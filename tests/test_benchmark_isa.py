@@ -1,5 +1,6 @@
 """The CPU benchmarks of the AVX2 issue: `--isa avx2` keeps a run (and its children) to AVX2 in
-ATen, oneDNN and MKL and says so; the step profile splits GEMM time from the rest."""
+ATen, oneDNN and MKL and says so; `--load` and `--malloc` are applied and recorded; the step
+profile splits GEMM time from the rest."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def test_the_backbone_benchmark_runs_under_avx2_and_records_it(tmp_path):
     command = [
         sys.executable, str(BENCHMARKS / "backbone.py"), "--isa", "avx2", "--model",
         "geomim_test", "--height", "64", "--width", "176", "--repeats", "1", "--warmup", "0",
-        "--skip-bf16", "--out", str(out),
+        "--skip-bf16", "--load", "1", "--malloc", "keep", "--out", str(out),
     ]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -25,6 +26,8 @@ def test_the_backbone_benchmark_runs_under_avx2_and_records_it(tmp_path):
     assert machine["cpu_capability"] == "AVX2"
     assert machine["native_bf16"] is False  # emulated bf16 is ~100x slower: never chosen
     assert "a real AVX2-only part can differ" in machine["isa_emulation"]
+    assert "with 1 busy background process" in run.stdout
+    assert machine["keeps_freed_memory"] is True
 
 
 def test_the_step_profile_splits_gemm_from_the_rest(tmp_path):
@@ -36,6 +39,7 @@ def test_the_step_profile_splits_gemm_from_the_rest(tmp_path):
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
+    assert report["machine"]["keeps_freed_memory"] is True  # as geomim.train runs
     assert abs(sum(report["shares"].values()) - 1) < 1e-9 and report["shares"]["GEMM"] > 0
     kinds = {row["op"]: row["kind"] for row in report["ops"]}
     assert kinds.get("aten::mm") == "GEMM" and kinds.get("aten::copy_") == "other"

@@ -22,7 +22,7 @@ def load_index(
     version: str,
     scenes: list[str] | None,
     cache_dir: str | os.PathLike | None,
-    stored_sweeps: int = 10,
+    stored_sweeps: int,
 ) -> SampleIndex:
     """The per-sample index of `scenes` (None: all) with up to `stored_sweeps` previous LiDAR
     sweeps per sample, from the cache when it is current."""
@@ -44,7 +44,7 @@ def load_index(
 
 
 def build_index(
-    dataroot: Path, version: str, scenes: list[str] | None, stored_sweeps: int = 10
+    dataroot: Path, version: str, scenes: list[str] | None, stored_sweeps: int
 ) -> SampleIndex:
     """Everything a sample needs, read once through the devkit."""
     try:

@@ -212,11 +212,11 @@ def _train(
     stop: StopRequest | None,
 ) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
-    if context.device.type == "cpu" and config.train.keep_freed_memory:
-        keep_freed_memory()  # for the rest of the process
-    on_cpu = context.is_main and context.device.type == "cpu"
-    if on_cpu and (hint := contention_hint(torch.get_num_threads())):
-        print(hint)
+    if context.device.type == "cpu":
+        if config.train.keep_freed_memory:
+            keep_freed_memory()  # for the rest of the process
+        if context.is_main and (hint := contention_hint(torch.get_num_threads())):
+            print(hint)
     dataset = build_dataset(config) if context.is_main else None
     barrier()  # rank 0 has written the data index cache
     if dataset is None:

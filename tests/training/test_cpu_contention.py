@@ -1,7 +1,12 @@
-"""The hint a CPU run prints when other work holds the cores its threads need."""
+"""What a CPU run does about the machine: a hint when other work holds the cores its threads
+need, and freed memory kept for reuse unless `train.keep_freed_memory=false`."""
 
 from __future__ import annotations
 
+import pytest
+
+from geomim import train as train_cli
+from geomim.training import engine
 from geomim.training.cpu_contention import contention_hint
 
 
@@ -26,3 +31,16 @@ def test_the_suggested_thread_count_is_the_free_cores_and_at_least_one(monkeypat
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert "train.threads=5" in contention_hint(threads=8, cores=8, load_average=3.0)
     assert "train.threads=1" in contention_hint(threads=2, cores=2, load_average=4.0)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_cpu_run_keeps_freed_memory_as_configured(keep, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(engine, "keep_freed_memory", lambda: calls.append(True) or True)
+    train_cli.main([
+        "--config", "tiny_synthetic", "data.source=rig", "data.rig_samples=2", "data.workers=0",
+        "train.max_steps=1", "train.batch_size=2", "log.progress=false",
+        "log.tensorboard=false", "train.device=cpu", f"train.keep_freed_memory={str(keep).lower()}",
+        f"run_dir={tmp_path}",
+    ])  # fmt: skip
+    assert calls == ([True] if keep else [])
