@@ -109,8 +109,8 @@ def test_padding_tokens_outputs_are_not_compared(monkeypatch, capsys):
     reference's uniform row there, so the check leaves it out (forward and backward)."""
     run_backend = attention._run_backend
 
-    def padding_rows_differ(name, qkv, table, index, mask):
-        out = run_backend(name, qkv, table, index, mask)
+    def padding_rows_differ(name, qkv, table, index, mask, *rest):
+        out = run_backend(name, qkv, table, index, mask, *rest)
         if name != "sdpa" or mask is None:
             return out
         padding = (mask.groups < 0).repeat(qkv.shape[0] // mask.groups.shape[0], 1)

@@ -61,11 +61,14 @@ def window_attention(
     index: Tensor,
     mask: WindowMask | None = None,
     backend: str | None = None,
+    gathered_bias: Tensor | None = None,
 ) -> Tensor:
     """softmax(q k^T d^-0.5 + table[index] + mask) v for B windows of L tokens.
 
     qkv (B, L, 3, H, D) (the qkv projection, viewed), table (R, H), index (L, L) int64, mask for
-    G windows with B % G == 0 (window index fastest) -> (B, L, H * D).
+    G windows with B % G == 0 (window index fastest) -> (B, L, H * D). `gathered_bias`: the
+    (H, L, L) `relative_bias(table, index)` where the caller has it already (one gather for many
+    calls); the "chunked" and "sdpa" backends then use it instead of gathering again.
     """
     batch, tokens, three, heads, _ = qkv.shape
     if three != 3 or index.shape != (tokens, tokens) or table.shape[1] != heads:
@@ -90,24 +93,29 @@ def window_attention(
             "limit): use 'chunked' or 'sdpa' for training there"
         )
     with backend_failures("window_attention", name, qkv.device):
-        return _run_backend(name, qkv, table, index, mask)
+        return _run_backend(name, qkv, table, index, mask, gathered_bias)
 
 
 def _run_backend(
-    name: str, qkv: Tensor, table: Tensor, index: Tensor, mask: WindowMask | None
+    name: str,
+    qkv: Tensor,
+    table: Tensor,
+    index: Tensor,
+    mask: WindowMask | None,
+    gathered_bias: Tensor | None,
 ) -> Tensor:
     if name == "reference":
         return reference_window_attention(qkv, table, index, mask)
-    if name == "chunked":
-        additive = None if mask is None else _in_dtype(mask.additive, qkv.dtype)
-        return chunked_attention_with_bias(qkv, relative_bias(table, index).to(qkv.dtype), additive)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D), strided views
     if name == "triton":
         groups = None if mask is None else mask.groups
         return triton_window_attention(q, k, v, table, index, groups).transpose(1, 2).flatten(2)
     if name == "flex":
         return _flex(q, k, v, table, index, mask).transpose(1, 2).flatten(2)
-    bias = relative_bias(table, index)
+    bias = relative_bias(table, index) if gathered_bias is None else gathered_bias
+    if name == "chunked":
+        additive = None if mask is None else _in_dtype(mask.additive, qkv.dtype)
+        return chunked_attention_with_bias(qkv, bias.to(qkv.dtype), additive)
     if mask is not None:
         bias = bias + mask.additive[:, None]  # (G, H, L, L)
     return attention_with_bias(q, k, v, bias)

@@ -15,8 +15,9 @@ class ChunkedMlp(Mlp):
     """fc1 -> GELU -> fc2 (timm's `Mlp`, same parameters); on the CPU with autograd off and
     `chunked` set, large inputs go through in row chunks, with the unchunked forward's results
     up to float32 rounding (each chunk is a GEMM of another shape, which BLAS may sum in another
-    order). Never on a GPU, where chunks only add launches (with them an H200 ran geomim_base's
-    forward at 0.73x the official formulation's speed)."""
+    order). Never under `torch.compile` (which fuses the whole map itself), nor on a GPU, where
+    chunks only add launches (with them an H200 ran geomim_base's forward at 0.73x the official
+    formulation's speed)."""
 
     def __init__(self, in_features: int, hidden_features: int, chunked: bool = True) -> None:
         super().__init__(in_features, hidden_features, act_layer=torch.nn.GELU)
@@ -30,6 +31,7 @@ class ChunkedMlp(Mlp):
             not self.chunked
             or x.device.type != "cpu"
             or torch.is_grad_enabled()
+            or torch.compiler.is_compiling()
             or flat.shape[0] <= rows
         ):
             return super().forward(x)

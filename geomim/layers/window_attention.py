@@ -49,8 +49,11 @@ class WindowAttention(nn.Module):
         """(heads, L, L) bias added to the attention logits."""
         return relative_bias(self.relative_position_bias_table, self.relative_position_index)
 
-    def forward(self, x: Tensor, mask: WindowMask | None = None) -> Tensor:
-        """(B * nW, L, C) -> (B * nW, L, C); `mask` restricts attention in every window."""
+    def forward(
+        self, x: Tensor, mask: WindowMask | None = None, bias: Tensor | None = None
+    ) -> Tensor:
+        """(B * nW, L, C) -> (B * nW, L, C); `mask` restricts attention in every window; `bias`:
+        `relative_position_bias()` where the caller computed it once for several calls."""
         windows, tokens, _ = x.shape
         qkv = self.qkv(x).view(windows, tokens, 3, self.num_heads, self.head_dim)
         backend = self.backend if self.fused_attn else "reference"
@@ -60,5 +63,6 @@ class WindowAttention(nn.Module):
             self.relative_position_index,
             mask,
             backend,
+            bias,
         )
         return self.proj(attended)

@@ -26,6 +26,37 @@ def window_partition(x: Tensor, window: int) -> Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, channels)
 
 
+def window_bands(
+    images: int, height: int, window: int, max_rows: int
+) -> list[tuple[int, int, int]]:
+    """Groups of whole bands of `window` rows over the (images * height) rows of a map:
+    (first row, stop row, band height) each, about `max_rows` rows (at least one band) per
+    group. A band never crosses images; an image's last band is shorter where `height` is not a
+    multiple of `window`, and is then a group of its own."""
+    full, partial = divmod(height, window)
+    per_group = max(1, max_rows // window)
+    if partial == 0:  # the images' bands follow each other with no gap
+        return _balanced(0, images * full, per_group, window)
+    groups = []
+    for image in range(images):
+        first = image * height
+        groups += _balanced(first, full, per_group, window)
+        groups.append((first + full * window, first + height, partial))
+    return groups
+
+
+def _balanced(first: int, bands: int, per_group: int, window: int) -> list[tuple[int, int, int]]:
+    """`bands` bands of `window` rows from row `first`, split into equal groups of at most
+    `per_group`."""
+    if bands == 0:
+        return []
+    size = -(-bands // -(-bands // per_group))
+    return [
+        (first + start * window, first + min(bands, start + size) * window, window)
+        for start in range(0, bands, size)
+    ]
+
+
 def window_merge(windows: Tensor, window: int, height: int, width: int) -> Tensor:
     """Inverse of `window_partition`: (B * num_windows, window**2, C) -> (B, height, width, C)."""
     channels = windows.shape[-1]

@@ -214,8 +214,9 @@ class GeoMIMSwin(MultiViewBackbone):
             stage.grad_checkpointing = enable
 
     def set_fused_attn(self, enable: bool = True) -> None:
-        """Switch between the fast path (SDPA attention, chunked inference MLP) and the official
-        computation step by step (explicit attention, whole-map MLP), the reference for parity."""
+        """Switch between the fast path (the device's attention backend; at CPU inference, blocks
+        run on bands of window rows and MLPs in row chunks) and the official computation step by
+        step (explicit attention, whole-map blocks), the reference for parity."""
         for module in self.modules():
             if isinstance(module, WindowAttention):
                 module.fused_attn = enable

@@ -41,6 +41,15 @@ def test_backends_match_the_official_formulation(backend, groups):
     torch.testing.assert_close(ours, official, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["chunked", "sdpa"])
+def test_a_gathered_bias_is_used_instead_of_the_table(backend):
+    qkv, table, index, mask = problem(4, 2, 4, 8, 2, seed=1)
+    gathered = attention.relative_bias(table, index)
+    ours = window_attention(qkv, torch.zeros_like(table), index, mask, backend, gathered)
+    official = window_attention(qkv, table, index, mask, backend="reference")
+    torch.testing.assert_close(ours, official, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("backend", TRAINING_BACKENDS)
 @pytest.mark.parametrize("groups", [None, 2, 6], ids=["no-mask", "mask-per-window", "per-image"])
 def test_gradients_match_the_official_formulation(backend, groups):
