@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import resource
 import statistics
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,6 +34,7 @@ from common import (
     gemm_job,
     machine_info,
     run_under_isa,
+    stream_child,
     time_rounds,
     write_report,
 )
@@ -40,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 FP32_PARITY_TOL = 1e-4
 TARGETS = {"geomim fp32": 1.4, "geomim bf16 autocast": 3.0}
 REFERENCE = "reference fp32"
+MEMORY_PREFIX = "PEAK_MEMORY_JSON "  # how a --memory-of child hands its figures back
 
 
 @dataclass(frozen=True)
@@ -86,9 +91,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--force-bf16", action="store_true", help="time bf16 even without native CPU support"
     )
+    parser.add_argument(
+        "--peak-memory", action="store_true",
+        help="also measure each config's forward peak RSS, one fresh process per config (CPU)",
+    )  # fmt: skip
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # the child of --peak-memory
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device")
+    if args.device == "cuda" and args.peak_memory:
+        parser.error("--peak-memory reads the process's RSS: CPU only")
     if args.repeats < 1 or args.warmup < 0 or args.batch < 1:
         parser.error("--repeats must be at least 1 and --warmup at least 0")
     return args
@@ -155,6 +167,36 @@ def gemm_name(config: Config) -> str:
 def _under_tf32(job, enabled: bool):
     with tf32(enabled):
         return job()
+
+
+def peak_rss_gib() -> float:
+    """This process's peak RSS in GiB (`ru_maxrss` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def forward_memory(args: argparse.Namespace, config: Config) -> dict[str, float]:
+    """In a fresh process: peak RSS after building the model and inputs, after one forward of
+    `config`, and what the forward added (its activations and workspace)."""
+    model, images = build_inputs(args)
+    built = peak_rss_gib()
+    run_config(model, images, config)
+    peak = peak_rss_gib()
+    return {"after_build_gib": built, "peak_gib": peak, "forward_gib": peak - built}
+
+
+def measure_peak_memory(args: argparse.Namespace, configs: list[Config]) -> dict[str, dict]:
+    """`forward_memory` of every config, each in a fresh process (`ru_maxrss` only grows, and a
+    child's starts from its parent's RSS: call this before the parent builds anything)."""
+    shape = ["--model", args.model, "--batch", str(args.batch), "--views", str(args.views)]
+    shape += ["--height", str(args.height), "--width", str(args.width), "--malloc", args.malloc]
+    flags = ["--skip-bf16"] * args.skip_bf16 + ["--force-bf16"] * args.force_bf16
+    results = {}
+    for config in configs:
+        command = [sys.executable, __file__, *shape, *flags, "--memory-of", config.name]
+        result = stream_child(command, f"memory of {config.name}", MEMORY_PREFIX)
+        if result is not None:
+            results[config.name] = result
+    return results
 
 
 def compare(outputs: list[Tensor], reference: list[Tensor]) -> dict[str, list[float]]:
@@ -260,6 +302,10 @@ def main() -> None:
     emulation = run_under_isa(args.isa)
     info = machine_info() | {"isa_emulation": emulation}
     info["keeps_freed_memory"] = apply_malloc(args.malloc)
+    if args.memory_of is not None:  # a child of --peak-memory: one forward, figures back
+        configs = {config.name: config for config in choose_configs(args, info["native_bf16"])}
+        print(MEMORY_PREFIX + json.dumps(forward_memory(args, configs[args.memory_of])))
+        return
     for key in ("torch", "cpu", "cpu_capability", "threads", "bf16_flags"):
         print(f"{key}: {info[key]}")
     if args.device == "cuda":
@@ -268,6 +314,8 @@ def main() -> None:
     print(f"native bf16: {info['native_bf16']}")
 
     configs = choose_configs(args, info["native_bf16"])
+    # before this process grows: a child's ru_maxrss starts from its parent's RSS at the fork
+    memory = measure_peak_memory(args, configs) if args.peak_memory else {}
     model, images = build_inputs(args)
     print(f"\n{args.model} on {tuple(images.shape)}")
     flops = count_flops(model, images)
@@ -296,6 +344,13 @@ def main() -> None:
     }
     targets = check_targets(results)
     print_report(results, parity, targets, flops, peaks)
+    if memory:
+        print("\npeak RSS per config (fresh process each; GiB)")
+        for name, row in memory.items():
+            print(
+                f"  {name:<24} after build {row['after_build_gib']:.2f}  peak "
+                f"{row['peak_gib']:.2f}  forward adds {row['forward_gib']:.2f}"
+            )
 
     fp32_diff = max(parity["geomim fp32"]["max_abs_diff"])
     parity_ok = fp32_diff <= FP32_PARITY_TOL
@@ -316,6 +371,7 @@ def main() -> None:
         "fp32_parity_tol": FP32_PARITY_TOL,
         "fp32_parity_ok": parity_ok,
         "targets": targets,
+        "peak_memory_gib": memory,
     }
     write_report(args.out, report, parity_ok)
 

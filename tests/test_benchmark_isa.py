@@ -17,7 +17,7 @@ def test_the_backbone_benchmark_runs_under_avx2_and_records_it(tmp_path):
     command = [
         sys.executable, str(BENCHMARKS / "backbone.py"), "--isa", "avx2", "--model",
         "geomim_test", "--height", "64", "--width", "176", "--repeats", "1", "--warmup", "0",
-        "--skip-bf16", "--load", "1", "--malloc", "keep", "--out", str(out),
+        "--skip-bf16", "--load", "1", "--malloc", "keep", "--peak-memory", "--out", str(out),
     ]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -28,6 +28,10 @@ def test_the_backbone_benchmark_runs_under_avx2_and_records_it(tmp_path):
     assert "a real AVX2-only part can differ" in machine["isa_emulation"]
     assert "with 1 busy background process" in run.stdout
     assert machine["keeps_freed_memory"] is True
+    memory = json.loads(out.read_text())["peak_memory_gib"]  # one fresh process per config
+    assert sorted(memory) == ["geomim fp32", "reference fp32"]
+    for row in memory.values():
+        assert row["peak_gib"] >= row["after_build_gib"] > 0.1
 
 
 def test_the_step_profile_splits_gemm_from_the_rest(tmp_path):
