@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -56,8 +57,20 @@ def machine_info() -> dict:
         "openmp_environment": {
             k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_"))
         },
+        "huge_pages": huge_pages(),
         "bf16_flags": flags,
         "native_bf16": native_cpu_bf16(),  # the flags, and ATen running its AVX-512 kernels
+    }
+
+
+def huge_pages() -> dict[str, str | None]:
+    """The kernel's transparent-huge-page mode and whether torch asks for huge pages
+    (`THP_MEM_ALLOC_ENABLE=1`, read at the process's first large allocation)."""
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    selected = re.search(r"\[(\w+)\]", mode.read_text()) if mode.exists() else None
+    return {
+        "kernel_mode": selected.group(1) if selected else None,
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
     }
 
 

@@ -1,10 +1,11 @@
 """The CPU benchmarks of the AVX2 issue: `--isa avx2` keeps a run (and its children) to AVX2 in
-ATen, oneDNN and MKL and says so; `--load` and `--malloc` are applied and recorded; the step
-profile splits GEMM time from the rest."""
+ATen, oneDNN and MKL and says so; `--load`, `--malloc` and huge pages are applied or recorded;
+the step profile splits GEMM time from the rest."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ def test_the_backbone_benchmark_runs_under_avx2_and_records_it(tmp_path):
         "geomim_test", "--height", "64", "--width", "176", "--repeats", "1", "--warmup", "0",
         "--skip-bf16", "--load", "1", "--malloc", "keep", "--peak-memory", "--out", str(out),
     ]  # fmt: skip
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    huge_pages = {**os.environ, "THP_MEM_ALLOC_ENABLE": "1"}
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=huge_pages)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "cpu capability AVX2 (emulated" in run.stdout
     machine = json.loads(out.read_text())["machine"]
@@ -28,6 +30,8 @@ def test_the_backbone_benchmark_runs_under_avx2_and_records_it(tmp_path):
     assert "a real AVX2-only part can differ" in machine["isa_emulation"]
     assert "with 1 busy background process" in run.stdout
     assert machine["keeps_freed_memory"] is True
+    assert machine["huge_pages"]["THP_MEM_ALLOC_ENABLE"] == "1"
+    assert machine["huge_pages"]["kernel_mode"] in (None, "always", "madvise", "never")
     memory = json.loads(out.read_text())["peak_memory_gib"]  # one fresh process per config
     assert sorted(memory) == ["geomim fp32", "reference fp32"]
     for row in memory.values():
