@@ -215,13 +215,16 @@ class GeoMIMSwin(MultiViewBackbone):
 
     def set_fused_attn(self, enable: bool = True) -> None:
         """Switch between the fast path (the device's attention backend; at CPU inference, blocks
-        run on bands of window rows and MLPs in row chunks) and the official computation step by
-        step (explicit attention, whole-map blocks), the reference for parity."""
+        run on bands of window rows and MLPs in row chunks; patch layers in copy-light layouts)
+        and the official computation step by step (explicit attention, whole-map blocks, the
+        official patch layouts), the reference for parity."""
         for module in self.modules():
             if isinstance(module, WindowAttention):
                 module.fused_attn = enable
             elif isinstance(module, ChunkedMlp):
                 module.chunked = enable
+            elif isinstance(module, PatchEmbed | PatchMerging):
+                module.fast_layout = enable
 
     # ----------------------------------------------------------------------------- forward
     def embed(self, images: Tensor) -> Tensor:
