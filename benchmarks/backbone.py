@@ -184,15 +184,13 @@ def forward_memory(args: argparse.Namespace, config: Config) -> dict[str, float]
     return {"after_build_gib": built, "peak_gib": peak, "forward_gib": peak - built}
 
 
-def measure_peak_memory(args: argparse.Namespace, configs: list[Config]) -> dict[str, dict]:
-    """`forward_memory` of every config, each in a fresh process (`ru_maxrss` only grows, and a
-    child's starts from its parent's RSS: call this before the parent builds anything)."""
-    shape = ["--model", args.model, "--batch", str(args.batch), "--views", str(args.views)]
-    shape += ["--height", str(args.height), "--width", str(args.width), "--malloc", args.malloc]
-    flags = ["--skip-bf16"] * args.skip_bf16 + ["--force-bf16"] * args.force_bf16
+def measure_peak_memory(configs: list[Config]) -> dict[str, dict]:
+    """`forward_memory` of every config, each in a fresh process run with this one's arguments
+    (`ru_maxrss` only grows, and a child's starts from its parent's RSS: call this before the
+    parent builds anything)."""
     results = {}
     for config in configs:
-        command = [sys.executable, __file__, *shape, *flags, "--memory-of", config.name]
+        command = [sys.executable, __file__, *sys.argv[1:], "--memory-of", config.name]
         result = stream_child(command, f"memory of {config.name}", MEMORY_PREFIX)
         if result is not None:
             results[config.name] = result
@@ -315,7 +313,7 @@ def main() -> None:
 
     configs = choose_configs(args, info["native_bf16"])
     # before this process grows: a child's ru_maxrss starts from its parent's RSS at the fork
-    memory = measure_peak_memory(args, configs) if args.peak_memory else {}
+    memory = measure_peak_memory(configs) if args.peak_memory else {}
     model, images = build_inputs(args)
     print(f"\n{args.model} on {tuple(images.shape)}")
     flops = count_flops(model, images)

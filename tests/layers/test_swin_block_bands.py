@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import geomim.layers.swin_block as swin_block
+from geomim.kernels.window_attention import window_mask_from_groups
 from geomim.layers import SwinBlock
 from geomim.layers.windows import window_bands
 
@@ -55,8 +56,6 @@ def test_whole_map_path_where_bands_do_not_apply(monkeypatch, setting):
     elif setting == "reference":
         block.mlp.chunked = False
     elif setting == "mask":
-        from geomim.kernels.window_attention import window_mask_from_groups
-
         mask = window_mask_from_groups(torch.randint(0, 2, (4, 16)))
     monkeypatch.setattr(block, "_forward_in_bands", _failing)
     if setting == "grad":
